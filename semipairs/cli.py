@@ -1,0 +1,168 @@
+"""The ``semipairs`` command line. Commands import their heavy modules lazily: ``semipairs info``
+never imports torch; ``curate`` loads the curation package only when it runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from semipairs.errors import SemipairsError
+
+app = typer.Typer(
+    name="semipairs",
+    help="Curate, publish and load semantic positive pairs for self-supervised learning.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+out = Console()
+
+
+def _fail(exc: Exception, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+@app.command(epilog="Example: semipairs pack --source imagefolder:photos --pairs pairs.csv --store store --name mypairs --version 1.0.0")
+def pack(
+    source: str = typer.Option(..., help="Image source holding the keys: imagefolder:DIR, webdataset:PATTERN, digits, cifar10:ROOT."),
+    pairs: Path = typer.Option(..., help="Pair list (.csv/.tsv/.parquet) with anchor_key, positive_key and optional score."),
+    store: Path = typer.Option(..., help="Store root; the version lands in STORE/NAME/VERSION."),
+    name: str = typer.Option(..., help="Dataset name."),
+    version: str = typer.Option("1.0.0", help="Semver version; an existing version is never overwritten."),
+    layout: str = typer.Option("embedded", help="embedded (images in shards) or reference (keys only)."),
+    shard_size: int = typer.Option(5000, min=1, help="Pairs per shard."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Publish a pair list made elsewhere as a verified, versioned pair dataset."""
+    from semipairs.dataset import PairDataset
+    from semipairs.pack import pack as do_pack
+
+    if layout not in ("embedded", "reference"):
+        _fail(ValueError(f"--layout must be 'embedded' or 'reference', not {layout!r}"))
+    try:
+        path = do_pack(source, pairs, store, name, version, layout=layout, shard_size=shard_size, progress=not as_json)  # type: ignore[arg-type]
+    except (SemipairsError, ValueError) as exc:
+        _fail(exc)
+    info_ = PairDataset(path).info()
+    if as_json:
+        _print_json(info_)
+    else:
+        out.print(f"published [bold]{info_['name']} {info_['version']}[/] at {path}: {info_['stats']['num_pairs']} pairs")
+
+
+@app.command(epilog="Example: semipairs info store/mypairs --json")
+def info(
+    path: str = typer.Argument(..., help="A version directory or STORE/NAME (newest version)."),
+    version: str | None = typer.Option(None, help="Version to open under STORE/NAME."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Show a pair dataset's manifest summary: source, encoder, mining, stats, files."""
+    from semipairs.dataset import load
+
+    try:
+        data = load(path, version).info()
+    except SemipairsError as exc:
+        _fail(exc)
+    if as_json:
+        _print_json(data)
+        return
+    t = Table(title=f"{data['name']} {data['version']}", show_header=False)
+    s = data["stats"]
+    rows = [
+        ("path", data["path"]), ("layout", data["layout"]), ("created", data["created"]),
+        ("source", f"{data['source']} ({data['num_images']} images, {data['skipped']} skipped)"),
+        ("encoder", json.dumps(data["encoder"])), ("index", json.dumps(data["index"])),
+        ("mining", json.dumps(data["mining"])),
+        ("pairs", f"{s['num_pairs']} ({s['num_anchors']} anchors, coverage {s['coverage']:.1%})"),
+        ("label precision", "-" if s["label_precision"] is None else f"{s['label_precision']:.1%}"),
+        ("files", f"{data['files']} ({data['bytes'] / 1e6:.1f} MB)"), ("content_hash", data["content_hash"]),
+    ]
+    for k, v in rows:
+        t.add_row(k, str(v))
+    out.print(t)
+
+
+@app.command(epilog="Example: semipairs verify store/mypairs/1.0.0")
+def verify(
+    path: str = typer.Argument(..., help="A version directory or STORE/NAME (newest version)."),
+    version: str | None = typer.Option(None, help="Version to check under STORE/NAME."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Check checksums, sample counts and pairs.parquet-vs-shard agreement. Exit 1 on any mismatch."""
+    from semipairs.dataset import load
+    from semipairs.verify import verify_version
+
+    try:
+        target = load(path, version).path
+    except SemipairsError as exc:
+        if version is not None or not Path(path).is_dir():
+            _fail(exc)
+        target = Path(path)  # an unreadable manifest still gets a report
+    report = verify_version(target)
+    if as_json:
+        _print_json(report.to_dict())
+    elif report.ok:
+        out.print(f"ok: {target} ({report.files_checked} files, {report.samples_checked} samples)")
+    else:
+        for p in report.problems:
+            err.print(f"[red]FAIL[/] {p}", highlight=False, soft_wrap=True)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command(epilog="Example: semipairs quickstart --out /tmp/sp")
+def quickstart(
+    out_dir: Path = typer.Option(Path("semipairs-quickstart"), "--out", help="Where the store and runs go."),
+    source: str = typer.Option("digits", help="Image source (default: scikit-learn's bundled digits, offline)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Offline end-to-end demo: mine semantic pairs on digits, publish, verify, report precision."""
+    from curation.quickstart import run_quickstart
+
+    try:
+        result = run_quickstart(out_dir, source=source, progress=not as_json)
+    except SemipairsError as exc:
+        _fail(exc)
+    if as_json:
+        _print_json(result)
+        return
+    t = Table(title="semipairs quickstart")
+    for col in ("encoder", "pairs", "coverage", "label precision", "dataset"):
+        t.add_column(col)
+    for r in result["rows"]:
+        prec = "-" if r["label_precision"] is None else f"{r['label_precision']:.1%}"
+        t.add_row(r["encoder"], str(r["num_pairs"]), f"{r['coverage']:.1%}", prec, r["path"])
+    out.print(t)
+    out.print(f"outputs under {result['out']}; inspect with: semipairs info {result['rows'][-1]['path']}")
+
+
+def _register_optional() -> None:
+    """Commands of the curation/training packages register themselves when present."""
+    try:
+        from curation.cli import register
+    except ImportError:
+        return
+    register(app)
+
+
+_register_optional()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""WebDataset pair shards: a streaming writer and a reader, both on webdataset's own tar code.
+
+One sample is one pair: ``<pair_id>.anchor.<ext>``, ``<pair_id>.positive.<ext>``, ``<pair_id>.json``.
+Shard member names hold only the zero-padded pair id; source keys live in the json.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+from webdataset.tariterators import tarfile_samples
+
+from semipairs.errors import ShardReadError
+from semipairs.hashing import HashingWriter
+from semipairs.manifest import DATA_DIR, FileEntry
+
+KEY_DIGITS = 9
+SHARD_PATTERN = "pairs-{:06d}.tar"
+
+
+def pair_key(pair_id: int) -> str:
+    return f"{pair_id:0{KEY_DIGITS}d}"
+
+
+def sample_meta(row: dict[str, Any]) -> bytes:
+    """The per-pair json: plain JSON (no NaN), sorted keys, UTF-8 source keys."""
+    clean = {k: (None if isinstance(v, float) and v != v else v) for k, v in row.items()}
+    return json.dumps(clean, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@dataclass
+class PairShardWriter:
+    """Streams pair samples into ``ROOT/data/pairs-NNNNNN.tar``, rolling over at ``maxcount`` samples or
+    ``maxsize`` bytes, hashing each shard as it is written. Tar mtimes are fixed, so the same pairs give
+    byte-identical shards. Use as a context manager; ``files`` lists the finished shards.
+    """
+
+    root: Path
+    ext: str
+    maxcount: int = 5000
+    maxsize: int = 1 << 30
+    files: list[FileEntry] = field(default_factory=list)
+    _tar: wds.TarWriter | None = field(default=None, init=False, repr=False)
+    _out: HashingWriter | None = field(default=None, init=False, repr=False)
+    _count: int = field(default=0, init=False)
+    _size: int = field(default=0, init=False)
+
+    def __enter__(self) -> PairShardWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _open(self) -> None:
+        path = Path(self.root) / DATA_DIR / SHARD_PATTERN.format(len(self.files))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._out = HashingWriter(open(path, "wb"))  # noqa: SIM115 - closed in _finish
+        self._tar = wds.TarWriter(self._out, encoder=False, mtime=0)  # int: a float adds a PAX header per member
+        self._count = self._size = 0
+
+    def _finish(self) -> None:
+        if self._tar is None or self._out is None:
+            return
+        self._tar.close()
+        self._out.close()
+        path = f"{DATA_DIR}/{SHARD_PATTERN.format(len(self.files))}"
+        self.files.append(FileEntry(path=path, bytes=self._out.bytes, sha256=self._out.hexdigest(), samples=self._count))
+        self._tar = self._out = None
+
+    def write(self, pair_id: int, anchor: bytes, positive: bytes, meta: bytes) -> None:
+        if self._tar is None or self._count >= self.maxcount or self._size >= self.maxsize:
+            self._finish()
+            self._open()
+        assert self._tar is not None
+        self._size += self._tar.write(
+            {
+                "__key__": pair_key(pair_id),
+                f"anchor.{self.ext}": anchor,
+                f"positive.{self.ext}": positive,
+                "json": meta,
+            }
+        )
+        self._count += 1
+
+    def close(self) -> None:
+        self._finish()
+
+
+def iter_shard(path: str | Path, expected: int | None = None) -> Iterator[dict[str, Any]]:
+    """Raw samples (``__key__``, ``anchor.<ext>``, ``positive.<ext>``, ``json`` bytes) of one shard.
+
+    Any read failure, an incomplete sample or fewer samples than ``expected`` raises ShardReadError
+    naming the shard: a cut-off shard must not pass for a short one.
+    """
+    path = str(path)
+    n = 0
+    try:
+        for sample in tarfile_samples([{"url": path}]):
+            fields = [k for k in sample if not k.startswith("__")]
+            if "json" not in fields or not any(k.startswith("anchor.") for k in fields) or not any(
+                k.startswith("positive.") for k in fields
+            ):
+                raise ShardReadError(f"{path}: sample {sample.get('__key__')!r} is incomplete (fields {fields})")
+            n += 1
+            yield sample
+    except ShardReadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - tar, IO and gzip errors all mean this shard is broken
+        raise ShardReadError(f"{path}: cannot read shard after {n} samples: {type(exc).__name__}: {exc}") from None
+    if expected is not None and n != expected:
+        raise ShardReadError(f"{path}: shard holds {n} samples, the manifest says {expected} (truncated?)")
+
+
+def split_sample(sample: dict[str, Any]) -> tuple[bytes, bytes, dict[str, Any]]:
+    """(anchor bytes, positive bytes, meta dict) of a raw pair sample."""
+    anchor = positive = b""
+    for k, v in sample.items():
+        if k.startswith("anchor."):
+            anchor = v
+        elif k.startswith("positive."):
+            positive = v
+    return anchor, positive, json.loads(sample["json"])

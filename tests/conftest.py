@@ -1,0 +1,49 @@
+"""Shared fixtures: small real data from ../shared/data/cifar10, extracted into temp dirs."""
+
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR_DIR = Path(os.environ.get("SEMIPAIRS_CIFAR10", REPO.parent / "shared" / "data" / "cifar10"))
+CLASSES = ("airplane", "cat", "ship")
+
+
+def extract_cifar(dest: Path, split: str = "test", classes=CLASSES, per_class: int = 100) -> Path:
+    """Extract ``per_class`` JPEGs of each class from the shared tar into ``dest/<class>/NNNN.jpg``."""
+    tar_path = CIFAR_DIR / f"cifar10-{split}.tar"
+    if not tar_path.is_file():
+        pytest.skip(f"real CIFAR-10 data not found at {tar_path} (set SEMIPAIRS_CIFAR10)")
+    wanted = {f"{split}/{c}/{i:04d}.jpg" for c in classes for i in range(per_class)}
+    with tarfile.open(tar_path) as tar:
+        for m in tar:
+            if m.name in wanted:
+                _, cls, fname = m.name.split("/")
+                (dest / cls).mkdir(parents=True, exist_ok=True)
+                (dest / cls / fname).write_bytes(tar.extractfile(m).read())
+    return dest
+
+
+@pytest.fixture(scope="session")
+def cifar_folder(tmp_path_factory) -> Path:
+    """300 real CIFAR-10 test JPEGs (3 classes x 100) as an image folder."""
+    return extract_cifar(tmp_path_factory.mktemp("cifar") / "images")
+
+
+def ring_pairs(keys: list[str], path: Path, step: int = 1) -> Path:
+    """A pair list linking each key to the one ``step`` further on (wrapping), with scores."""
+    n = len(keys)
+    df = pd.DataFrame(
+        {
+            "anchor_key": keys,
+            "positive_key": [keys[(i + step) % n] for i in range(n)],
+            "score": [round(1.0 - i / (2 * n), 4) for i in range(n)],
+        }
+    )
+    df.to_csv(path, index=False)
+    return path
