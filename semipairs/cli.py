@@ -20,6 +20,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts show spec grammar like [/TAG|FILE] literally
 )
 err = Console(stderr=True)
 out = Console()
@@ -34,9 +35,11 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
 
 
-@app.command(epilog="Example: semipairs pack --source imagefolder:photos --pairs pairs.csv --store store --name mypairs --version 1.0.0")
+@app.command(
+    epilog="Example: semipairs pack --source imagefolder:photos --pairs pairs.csv --store store --name mypairs --version 1.0.0"
+)
 def pack(
-    source: str = typer.Option(..., help="Image source holding the keys: imagefolder:DIR, webdataset:PATTERN, digits, cifar10:ROOT."),
+    source: str = typer.Option(..., help="Image source holding the keys (imagefolder:DIR, webdataset:PATTERN, digits, ...)."),
     pairs: Path = typer.Option(..., help="Pair list (.csv/.tsv/.parquet) with anchor_key, positive_key and optional score."),
     store: Path = typer.Option(..., help="Store root; the version lands in STORE/NAME/VERSION."),
     name: str = typer.Option(..., help="Dataset name."),
@@ -139,11 +142,11 @@ def quickstart(
         _print_json(result)
         return
     t = Table(title="semipairs quickstart")
-    for col in ("encoder", "pairs", "coverage", "label precision", "dataset"):
+    for col in ("mining", "encoder", "pairs", "coverage", "label precision", "dataset"):
         t.add_column(col)
     for r in result["rows"]:
         prec = "-" if r["label_precision"] is None else f"{r['label_precision']:.1%}"
-        t.add_row(r["encoder"], str(r["num_pairs"]), f"{r['coverage']:.1%}", prec, r["path"])
+        t.add_row(r["recipe"], r["encoder"], str(r["num_pairs"]), f"{r['coverage']:.1%}", prec, r["path"])
     out.print(t)
     out.print(f"outputs under {result['out']}; inspect with: semipairs info {result['rows'][-1]['path']}")
 

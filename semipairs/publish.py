@@ -190,7 +190,8 @@ def _write(req: PublishRequest, root: Path) -> Manifest:
         final["anchor_label"] = pd.array([label_of(k) for k in final["anchor_key"]], dtype="Int32")
         final["positive_label"] = pd.array([label_of(k) for k in final["positive_key"]], dtype="Int32")
     write_pairs(to_arrow(final, labels is not None), root / PAIRS_NAME)
-    files = [FileEntry(path=PAIRS_NAME, bytes=(root / PAIRS_NAME).stat().st_size, sha256=sha256_file(root / PAIRS_NAME), samples=len(final))]
+    parquet = root / PAIRS_NAME
+    files = [FileEntry(path=PAIRS_NAME, bytes=parquet.stat().st_size, sha256=sha256_file(parquet), samples=len(final))]
     files += writer.files if writer is not None else []
 
     skipped = {s.key: s.reason for s in src.skipped} | reader.bad

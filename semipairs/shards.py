@@ -10,14 +10,14 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import webdataset as wds
-from webdataset.tariterators import tarfile_samples
+from typing import TYPE_CHECKING, Any
 
 from semipairs.errors import ShardReadError
 from semipairs.hashing import HashingWriter
 from semipairs.manifest import DATA_DIR, FileEntry
+
+if TYPE_CHECKING:  # webdataset imports torch; `semipairs info` must not
+    import webdataset as wds
 
 KEY_DIGITS = 9
 SHARD_PATTERN = "pairs-{:06d}.tar"
@@ -59,6 +59,8 @@ class PairShardWriter:
     def _open(self) -> None:
         path = Path(self.root) / DATA_DIR / SHARD_PATTERN.format(len(self.files))
         path.parent.mkdir(parents=True, exist_ok=True)
+        import webdataset as wds
+
         self._out = HashingWriter(open(path, "wb"))  # noqa: SIM115 - closed in _finish
         self._tar = wds.TarWriter(self._out, encoder=False, mtime=0)  # int: a float adds a PAX header per member
         self._count = self._size = 0
@@ -97,6 +99,8 @@ def iter_shard(path: str | Path, expected: int | None = None) -> Iterator[dict[s
     Any read failure, an incomplete sample or fewer samples than ``expected`` raises ShardReadError
     naming the shard: a cut-off shard must not pass for a short one.
     """
+    from webdataset.tariterators import tarfile_samples
+
     path = str(path)
     n = 0
     try:

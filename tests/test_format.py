@@ -204,9 +204,8 @@ def test_corrupt_images_are_skipped_counted_and_listed(cifar_folder: Path, tmp_p
     good = [item.key for item in src]
     assert good == ["cat/0", "cat/1", "cat/2", "cat/3"]
     assert sorted(s.key for s in src.skipped) == ["cat/8", "cat/9"]
-    pd.DataFrame({"anchor_key": ["cat/0", "cat/1", "cat/9", "cat/2"], "positive_key": ["cat/1", "cat/8", "cat/0", "cat/3"]}).to_csv(
-        tmp_path / "p.csv", index=False
-    )
+    pairs = {"anchor_key": ["cat/0", "cat/1", "cat/9", "cat/2"], "positive_key": ["cat/1", "cat/8", "cat/0", "cat/3"]}
+    pd.DataFrame(pairs).to_csv(tmp_path / "p.csv", index=False)
     path = pack(f"imagefolder:{tmp_path / 'imgs'}", tmp_path / "p.csv", tmp_path / "store", "c", "1.0.0", progress=False)
     m = semipairs.load(path).manifest
     assert m.stats.num_pairs == 2 and m.source.num_images == 4

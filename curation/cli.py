@@ -1,0 +1,67 @@
+"""The ``curate`` command, registered on the ``semipairs`` app; heavy imports happen when it runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+EXAMPLE = (
+    "Example: semipairs curate --source imagefolder:photos --encoder open_clip:ViT-B-32/laion2b_s34b_b79k "
+    "--store store --name photo-pairs --k 10 --mutual --min-score 0.5"
+)
+
+
+def curate_command(
+    source: str | None = typer.Option(None, help="Image source: imagefolder:DIR, webdataset:PATTERN, digits, cifar10:ROOT."),
+    encoder: str | None = typer.Option(None, help="open_clip:MODEL[/TAG|FILE], timm:NAME[/FILE], torchvision:NAME[/W|FILE], "
+                                                  "ckpt:PATH or pixels[:SIZE]."),
+    store: Path | None = typer.Option(None, help="Store root; the version lands in STORE/NAME/VERSION."),
+    name: str | None = typer.Option(None, help="Dataset name."),
+    version: str | None = typer.Option(None, help="Semver version (default 1.0.0)."),
+    k: int | None = typer.Option(None, help="Neighbours considered per image (default 10)."),
+    min_score: float | None = typer.Option(None, help="Absolute similarity threshold."),
+    min_score_quantile: float | None = typer.Option(None, help="Threshold at this quantile of candidate scores."),
+    mutual: bool | None = typer.Option(None, "--mutual/--no-mutual", help="Keep only mutual nearest neighbours."),
+    max_per_anchor: int | None = typer.Option(None, help="Pairs kept per anchor (default 1)."),
+    duplicate_threshold: float | None = typer.Option(None, help="Scores at or above are near-duplicates (default 0.98)."),
+    csls: bool | None = typer.Option(None, "--csls/--no-csls", help="CSLS hubness correction."),
+    metric: str | None = typer.Option(None, help="cosine or l2."),
+    layout: str | None = typer.Option(None, help="embedded or reference."),
+    embeddings: Path | None = typer.Option(None, help="Precomputed .npy embeddings in source order (skips the encoder)."),
+    image_size: int | None = typer.Option(None, help="Encoder input size override."),
+    batch_size: int | None = typer.Option(None, help="Embedding batch size (default 256)."),
+    num_workers: int | None = typer.Option(None, help="DataLoader decode workers (default 2)."),
+    dtype: str | None = typer.Option(None, help="Cache dtype: float32 or float16."),
+    seed: int | None = typer.Option(None, help="Seed (IVF training sample)."),
+    config: Path | None = typer.Option(None, help="YAML config; flags override its keys."),
+    as_json: bool = typer.Option(False, "--json", help="Print the published path and stats as JSON."),
+) -> None:
+    """Mine semantic positive pairs from an image collection and publish them as a pair dataset."""
+    from curation.pipeline import CurateConfig, curate
+    from semipairs.cli import _fail, out
+    from semipairs.errors import SemipairsError
+
+    overrides = dict(source=source, encoder=encoder, store=store, name=name, version=version, k=k, min_score=min_score,
+                     min_score_quantile=min_score_quantile, mutual=mutual, max_per_anchor=max_per_anchor,
+                     duplicate_threshold=duplicate_threshold, csls=csls, metric=metric, layout=layout, embeddings=embeddings,
+                     image_size=image_size, batch_size=batch_size, num_workers=num_workers, dtype=dtype, seed=seed)
+    try:
+        cfg = CurateConfig.from_sources(config, overrides)
+        result = curate(cfg, progress=not as_json)
+    except SemipairsError as exc:
+        _fail(exc)
+    if result.path is None:  # a non-zero torchrun rank
+        return
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+        return
+    s = result.stats
+    prec = "" if s["label_precision"] is None else f", label precision {s['label_precision']:.1%}"
+    out.print(f"published {result.path}: {s['num_pairs']} pairs, coverage {s['coverage']:.1%}{prec}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("curate", epilog=EXAMPLE)(curate_command)

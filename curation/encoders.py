@@ -1,0 +1,199 @@
+"""Encoders from one spec string, each with its own preprocessing.
+
+``open_clip:MODEL[/PRETRAINED_TAG_OR_FILE]``, ``timm:NAME[/FILE]``, ``torchvision:NAME[/WEIGHTS_OR_FILE]``,
+``ckpt:PATH`` (a training checkpoint's backbone) and ``pixels[:SIZE]`` (downsampled pixels, the no-model
+baseline). Pretrained tags go through the libraries' own download code; a local file works offline and
+its sha256 goes into the manifest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.transforms import v2
+
+from semipairs.errors import SemipairsError
+from semipairs.hashing import sha256_file
+from semipairs.manifest import EncoderInfo
+
+ENCODER_KINDS = ("open_clip", "timm", "torchvision", "ckpt", "pixels")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class EncoderError(SemipairsError):
+    """Unknown encoder spec, missing weights file or missing optional library."""
+
+
+@dataclass
+class Encoder:
+    """A frozen feature extractor: ``transform`` turns a PIL image into a tensor, ``model`` maps a batch
+    to features. ``fingerprint`` keys the embedding cache."""
+
+    info: EncoderInfo
+    model: nn.Module
+    transform: Callable[[Image.Image], torch.Tensor]
+    fingerprint: str
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model(batch)
+
+
+class PixelEncoder(nn.Module):
+    """Flattened pixels minus their mean: the no-model baseline."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        return x - x.mean(dim=1, keepdim=True)
+
+
+class _OpenClipImage(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(x)
+
+
+def _is_file(arg: str) -> bool:
+    return arg.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt")) or Path(arg).expanduser().is_file()
+
+
+def _checked_file(spec: str, arg: str) -> Path:
+    path = Path(arg).expanduser()
+    if not path.is_file():
+        raise EncoderError(f"{spec}: weights file {path} not found")
+    return path
+
+
+def _load_state(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def default_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
+    return v2.Compose([
+        v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(size),
+        v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std),
+    ])
+
+
+def _require(module: str, extra: str = "models"):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise EncoderError(f"{module} is not installed: `pip install semipairs[{extra}]`") from exc
+
+
+def load_encoder(spec: str, image_size: int | None = None) -> Encoder:
+    """Build the encoder a spec names, in eval mode on CPU. ``image_size`` overrides the input size."""
+    kind, _, arg = spec.partition(":")
+    model_name, _, weights = arg.partition("/") if kind in ("open_clip", "timm", "torchvision") else (arg, "", "")
+    sha = None
+    if kind == "pixels":
+        size = image_size or (int(arg) if arg else 16)
+        tf = v2.Compose([v2.ToImage(), v2.Resize((size, size), antialias=True), v2.ToDtype(torch.float32, scale=True)])
+        info = EncoderInfo(kind="pixels", name=f"pixels{size}", dim=3 * size * size, image_size=size)
+        return Encoder(info, PixelEncoder().eval(), tf, f"pixels:{size}")
+    if kind == "torchvision" and model_name:
+        import torchvision
+
+        try:
+            builder = torchvision.models.get_model_builder(model_name)
+        except ValueError:
+            raise EncoderError(f"{spec}: unknown torchvision model {model_name!r}") from None
+        tv_weights, pretrained = None, None
+        if weights and _is_file(weights):
+            path = _checked_file(spec, weights)
+            model = builder(weights=None)
+            model.load_state_dict(_load_state(path), strict=False)
+            sha, pretrained = sha256_file(path), path.name
+        else:
+            if weights:
+                try:
+                    full = weights if "." in weights else f"{_enum_name(model_name)}.{weights}"
+                    tv_weights = torchvision.models.get_weight(full)
+                except (ValueError, AttributeError, KeyError):
+                    raise EncoderError(f"{spec}: unknown torchvision weights {weights!r}") from None
+            model = builder(weights=tv_weights)  # downloads through torchvision's own code
+            pretrained = str(tv_weights) if tv_weights else None
+        _strip_classifier(model)
+        size = image_size or 224
+        tf = tv_weights.transforms() if tv_weights is not None and image_size is None else default_transform(size)
+        return _finish(spec, "torchvision", model_name, pretrained, sha, model, tf, size)
+    if kind == "timm" and model_name:
+        timm = _require("timm")
+        file = _checked_file(spec, weights) if weights else None
+        overlay = {"pretrained_cfg_overlay": {"file": str(file)}} if file else {}
+        try:  # pretrained: timm's own loader reads the file, or downloads the tag's weights
+            model = timm.create_model(model_name, pretrained=True, num_classes=0, **overlay)
+        except Exception as exc:  # noqa: BLE001 - unknown names, missing network, bad files
+            msg = f"{spec}: cannot build timm model ({type(exc).__name__}: {exc}); offline, pass a local file"
+            raise EncoderError(msg) from None
+        cfg = timm.data.resolve_data_config({}, model=model)
+        if image_size:
+            cfg["input_size"] = (3, image_size, image_size)
+        tf = timm.data.create_transform(**cfg)
+        sha = sha256_file(file) if file else None
+        return _finish(spec, "timm", model_name, file.name if file else None, sha, model, tf, cfg["input_size"][-1])
+    if kind == "open_clip" and model_name:
+        open_clip = _require("open_clip")
+        pretrained = weights or None
+        if pretrained and _is_file(pretrained):
+            file = _checked_file(spec, pretrained)
+            sha, pretrained = sha256_file(file), str(file)
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
+        except Exception as exc:  # noqa: BLE001 - unknown names, missing network, bad files
+            raise EncoderError(f"{spec}: cannot build open_clip model ({type(exc).__name__}: {exc})") from None
+        size = model.visual.image_size
+        size = size[0] if isinstance(size, tuple | list) else size
+        name = Path(pretrained).name if sha else pretrained
+        return _finish(spec, "open_clip", model_name, name, sha, _OpenClipImage(model), preprocess, int(size))
+    if kind == "ckpt" and arg:
+        from training.checkpoint import load_backbone
+
+        path = _checked_file(spec, arg)
+        try:
+            model, bspec, _ = load_backbone(path)
+        except ValueError as exc:
+            raise EncoderError(str(exc)) from None
+        size = image_size or bspec.image_size
+        mean_std = ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)) if bspec.cifar_stem else (IMAGENET_MEAN, IMAGENET_STD)
+        return _finish(spec, "ckpt", bspec.arch, path.name, sha256_file(path), model, default_transform(size, *mean_std), size)
+    raise EncoderError(
+        f"unknown encoder spec {spec!r}: use open_clip:MODEL[/TAG_OR_FILE], timm:NAME[/FILE], "
+        "torchvision:NAME[/WEIGHTS_OR_FILE], ckpt:PATH or pixels[:SIZE]"
+    )
+
+
+def _enum_name(model_name: str) -> str:
+    import torchvision
+
+    return torchvision.models.get_model_weights(model_name).__name__
+
+
+def _strip_classifier(model: nn.Module) -> None:
+    for attr in ("fc", "classifier", "heads", "head"):
+        if isinstance(getattr(model, attr, None), nn.Module):
+            setattr(model, attr, nn.Identity())
+            return
+
+
+def _finish(spec, kind, name, pretrained, sha, model, tf, size) -> Encoder:
+    model.eval()
+    with torch.inference_mode():
+        dim = int(model(torch.zeros(1, 3, size, size)).flatten(1).shape[1])
+    info = EncoderInfo(kind=kind, name=name, pretrained=pretrained, weights_sha256=sha, dim=dim, image_size=size)
+    return Encoder(info, model, tf, f"{spec}|{sha}|{size}")

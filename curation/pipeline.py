@@ -1,0 +1,160 @@
+"""``curate``: source -> encoder -> embeddings (cached) -> faiss kNN -> mining -> publish.
+
+All inputs are checked before anything is published. Under torchrun every rank embeds its slice into
+the shared cache; rank 0 builds the index, mines and publishes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from curation.embed import check_finite, embed_source, load_embeddings, normalise
+from curation.encoders import Encoder, load_encoder
+from curation.index import IndexConfig, build_index, search
+from curation.mine import MiningConfig, mine
+from semipairs.errors import SemipairsError
+from semipairs.manifest import EncoderInfo, MiningInfo
+from semipairs.publish import PublishRequest, publish, version_dir
+from semipairs.sources import open_source
+
+
+class CurateConfig(BaseModel):
+    """One curation run; YAML keys and CLI flags share these names (flags win)."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str
+    encoder: str = "pixels"
+    store: Path
+    name: str
+    version: str = "1.0.0"
+    layout: Literal["embedded", "reference"] = "embedded"
+    embeddings: Path | None = Field(None, description="precomputed .npy, rows in source order; skips the encoder")
+    image_size: int | None = None
+    batch_size: int = Field(256, ge=1)
+    num_workers: int = Field(2, ge=0)
+    chunk_size: int = Field(4096, ge=1)
+    dtype: Literal["float32", "float16"] = "float32"
+    cache_dir: Path | None = Field(None, description="embedding cache; default STORE/.cache/embeddings")
+    device: str | None = None
+    metric: Literal["cosine", "l2"] = "cosine"
+    exact_max: int = 200_000
+    nprobe: int = 32
+    shard_size: int = 5000
+    mining: MiningConfig = Field(default_factory=MiningConfig)
+
+    @classmethod
+    def from_sources(cls, yaml_path: Path | None, overrides: dict[str, Any]) -> CurateConfig:
+        """YAML file (if any) then flag overrides; mining keys may sit at top level or under ``mining``."""
+        raw: dict[str, Any] = {}
+        if yaml_path is not None:
+            try:
+                raw = yaml.safe_load(Path(yaml_path).read_text()) or {}
+            except (OSError, yaml.YAMLError) as exc:
+                raise SemipairsError(f"{yaml_path}: cannot read config: {exc}") from None
+            if not isinstance(raw, dict):
+                raise SemipairsError(f"{yaml_path}: config must be a mapping")
+        mining = dict(raw.pop("mining", {}) or {})
+        for key in MiningConfig.model_fields:
+            if key in raw:
+                mining[key] = raw.pop(key)
+            if overrides.get(key) is not None:
+                mining[key] = overrides.pop(key)
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        raw["mining"] = mining
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            where = str(yaml_path) if yaml_path else "options"
+            problems = "; ".join(f"'{'.'.join(map(str, e['loc']))}': {e['msg']}" for e in exc.errors()[:4])
+            raise SemipairsError(f"{where}: invalid curate config: {problems}") from None
+
+
+@dataclass
+class CurateResult:
+    path: Path | None  # None on ranks other than 0
+    stats: dict[str, Any]
+    counts: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path) if self.path else None, "stats": self.stats, "mining_counts": self.counts}
+
+
+def _init_distributed() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        import torch
+
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def curate(cfg: CurateConfig, progress: bool = True) -> CurateResult:
+    target = version_dir(cfg.store, cfg.name, cfg.version)
+    if target.exists():
+        raise SemipairsError(f"{target}: version {cfg.version} of {cfg.name!r} already exists; versions are immutable")
+    source = open_source(cfg.source)
+    n = len(source)
+    if n == 0:
+        raise SemipairsError(f"{cfg.source}: the source holds no images")
+    if cfg.mining.k >= n:
+        raise SemipairsError(f"k={cfg.mining.k} must be smaller than the number of images ({n})")
+
+    rank, world = _init_distributed()
+    keys = source.keys()
+    if cfg.embeddings is not None:
+        emb = load_embeddings(cfg.embeddings, source)
+        check_finite(emb, keys, str(cfg.embeddings))
+        emb.vectors = normalise(emb.vectors)
+        encoder_info = EncoderInfo(kind="precomputed", name=Path(cfg.embeddings).name, dim=int(emb.vectors.shape[1]))
+        from semipairs.hashing import sha256_file
+
+        encoder_info.weights_sha256 = sha256_file(cfg.embeddings)
+    else:
+        encoder: Encoder = load_encoder(cfg.encoder, cfg.image_size)
+        cache = cfg.cache_dir or Path(cfg.store) / ".cache" / "embeddings"
+        emb = embed_source(source, encoder, cache, cfg.batch_size, cfg.num_workers, cfg.chunk_size, cfg.dtype,
+                           cfg.device, progress and rank == 0)
+        check_finite(emb, keys, f"embeddings of {cfg.encoder}")
+        encoder_info = encoder.info
+    if rank != 0:
+        return CurateResult(None, {}, {})
+
+    good = np.flatnonzero(emb.ok)
+    if cfg.mining.k >= len(good):
+        raise SemipairsError(f"k={cfg.mining.k} must be smaller than the number of readable images ({len(good)})")
+    x = np.ascontiguousarray(emb.vectors[good], dtype=np.float32)
+    index_cfg = IndexConfig(metric=cfg.metric, exact_max=cfg.exact_max, nprobe=cfg.nprobe, seed=cfg.mining.seed)
+    index, index_info = build_index(x, index_cfg)
+    scores, ids = search(index, x, cfg.mining.k, index_cfg.query_batch, progress)
+    result = mine(scores, ids, cfg.mining)
+    if result.pairs.empty:
+        raise SemipairsError(f"mining found no pair ({result.counts}); loosen min_score, mutual or duplicate_threshold")
+    # back from positions among readable images to source positions and keys
+    key_arr = np.asarray(keys, dtype=object)[good]
+    pairs = pd.DataFrame({
+        "anchor_key": key_arr[result.pairs["anchor"].to_numpy()],
+        "positive_key": key_arr[result.pairs["positive"].to_numpy()],
+        "score": result.pairs["score"].to_numpy(np.float32),
+        "rank": result.pairs["rank"].to_numpy(np.int16),
+        "mutual": result.pairs["mutual"].to_numpy(bool),
+    })
+    source.skipped[:] = emb.skipped
+    mining_info = MiningInfo(**cfg.mining.model_dump(), resolved_threshold=result.threshold, counts=result.counts)
+    path = publish(PublishRequest(
+        store=Path(cfg.store), name=cfg.name, version=cfg.version, source=source, pairs=pairs, layout=cfg.layout,
+        encoder=encoder_info, index=index_info, mining=mining_info, config=cfg.model_dump(mode="json"),
+        shard_size=cfg.shard_size, check_images=False, progress=progress,
+    ))
+    from semipairs.dataset import PairDataset
+
+    return CurateResult(path, PairDataset(path).manifest.stats.model_dump(), result.counts)

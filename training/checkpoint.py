@@ -1,0 +1,53 @@
+"""Checkpoint files: plain tensors and builtins only, loaded with ``torch.load(weights_only=True)``.
+
+Layout: ``{"semipairs_checkpoint": 1, "backbone_spec": {...}, "backbone": state_dict, ...}``; the
+training loop adds its own entries (momentum encoder, queue, optimizer, RNG states) beside these.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from training.backbones import BackboneSpec, backbone_state, build_backbone
+
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Atomic write: temp file then rename."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load with ``weights_only=True``: a checkpoint holding pickled objects is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling errors carry the reason
+        raise ValueError(f"{path}: refused or unreadable checkpoint (only tensors and builtins load): {exc}") from None
+    if not isinstance(state, dict) or "backbone" not in state or "backbone_spec" not in state:
+        raise ValueError(f"{path}: not a semipairs training checkpoint (needs 'backbone' and 'backbone_spec')")
+    return state
+
+
+def backbone_checkpoint(model: nn.Module, spec: BackboneSpec, **extra: Any) -> dict[str, Any]:
+    return {"semipairs_checkpoint": CHECKPOINT_VERSION, "backbone_spec": spec.to_dict(),
+            "backbone": backbone_state(model), **extra}
+
+
+def load_backbone(path: str | Path) -> tuple[nn.Module, BackboneSpec, int]:
+    """The backbone of a checkpoint, in eval mode: (model, spec, feature dim)."""
+    state = load_checkpoint(path)
+    spec = BackboneSpec(**state["backbone_spec"])
+    model, dim = build_backbone(spec)
+    model.load_state_dict(state["backbone"])
+    return model.eval(), spec, dim
