@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,22 +19,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from curation.encoders import Encoder
-from semipairs.errors import SemipairsError
+from curation.vectors import EmbeddingError, Embeddings
 from semipairs.sources.base import ImageSource, Skipped
-
-
-class EmbeddingError(SemipairsError):
-    """Embeddings that cannot be used: wrong row count, NaN or inf, zero vectors."""
-
-
-@dataclass
-class Embeddings:
-    """L2-normalised rows in source order; ``ok`` is False for images that could not be read."""
-
-    vectors: np.ndarray
-    ok: np.ndarray
-    skipped: list[Skipped] = field(default_factory=list)
-    cache_dir: Path | None = None
 
 
 class _Images(Dataset):
@@ -180,38 +165,3 @@ def _assemble(source: ImageSource, cache: Path, num_chunks: int) -> Embeddings:
     vectors = np.concatenate(vecs) if vecs else np.zeros((0, 0), np.float32)
     ok = np.concatenate(oks) if oks else np.zeros(0, bool)
     return Embeddings(vectors, ok, skipped, cache)
-
-
-def load_embeddings(path: str | Path, source: ImageSource) -> Embeddings:
-    """Bring-your-own embeddings (``.npy``, rows in source order): checked and L2-normalised."""
-    path = Path(path)
-    if not path.is_file():
-        raise EmbeddingError(f"{path}: embeddings file not found")
-    try:
-        x = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
-        raise EmbeddingError(f"{path}: not a plain .npy array: {exc}") from None
-    if x.ndim != 2:
-        raise EmbeddingError(f"{path}: expected a 2-D array (rows x dim), got shape {x.shape}")
-    if x.shape[0] != len(source):
-        raise EmbeddingError(f"{path}: {x.shape[0]} rows but source {source.spec} has {len(source)} images")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    return Embeddings(x, np.ones(len(x), bool))
-
-
-def check_finite(emb: Embeddings, keys: list[str], where: str) -> None:
-    """NaN, inf or all-zero rows (among readable images) are an error naming the first key."""
-    x = emb.vectors
-    bad = ~np.isfinite(x).all(axis=1)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise EmbeddingError(f"{where}: {int(bad.sum())} row(s) hold NaN or inf, first row {i} (key {keys[i]!r})")
-    zero = emb.ok & (np.abs(x).sum(axis=1) == 0)
-    if zero.any():
-        i = int(np.flatnonzero(zero)[0])
-        raise EmbeddingError(f"{where}: {int(zero.sum())} zero row(s) cannot be normalised, first row {i} (key {keys[i]!r})")
-
-
-def normalise(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)

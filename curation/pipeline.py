@@ -16,12 +16,11 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from curation.embed import check_finite, embed_source, load_embeddings, normalise
-from curation.encoders import Encoder, load_encoder
 from curation.index import IndexConfig, build_index, search
-from curation.mine import MiningConfig, mine
+from curation.mine import MiningConfig, MiningResult, mine
+from curation.vectors import check_finite, load_embeddings, normalise_
 from semipairs.errors import SemipairsError
-from semipairs.manifest import EncoderInfo, MiningInfo
+from semipairs.manifest import EncoderInfo, IndexInfo, MiningInfo
 from semipairs.publish import PublishRequest, publish, version_dir
 from semipairs.sources import open_source
 
@@ -88,14 +87,25 @@ class CurateResult:
 
 
 def _init_distributed() -> tuple[int, int]:
+    """Join the torchrun group when there is one; torch is imported only then."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    import torch
     import torch.distributed as dist
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        import torch
-
+    if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def mine_embeddings(x: np.ndarray, metric: str, mining: MiningConfig, exact_max: int = 200_000, nprobe: int = 32,
+                    progress: bool = True) -> tuple[MiningResult, IndexInfo]:
+    """Index + batched kNN search + mining over L2-normalised float32 rows (positions, not keys)."""
+    index_cfg = IndexConfig(metric=metric, exact_max=exact_max, nprobe=nprobe, seed=mining.seed)
+    index, index_info = build_index(x, index_cfg)
+    scores, ids = search(index, x, mining.k, index_cfg.query_batch, progress)
+    del index
+    return mine(scores, ids, mining), index_info
 
 
 def curate(cfg: CurateConfig, progress: bool = True) -> CurateResult:
@@ -114,13 +124,16 @@ def curate(cfg: CurateConfig, progress: bool = True) -> CurateResult:
     if cfg.embeddings is not None:
         emb = load_embeddings(cfg.embeddings, source)
         check_finite(emb, keys, str(cfg.embeddings))
-        emb.vectors = normalise(emb.vectors)
+        normalise_(emb.vectors)
         encoder_info = EncoderInfo(kind="precomputed", name=Path(cfg.embeddings).name, dim=int(emb.vectors.shape[1]))
         from semipairs.hashing import sha256_file
 
         encoder_info.weights_sha256 = sha256_file(cfg.embeddings)
     else:
-        encoder: Encoder = load_encoder(cfg.encoder, cfg.image_size)
+        from curation.embed import embed_source
+        from curation.encoders import load_encoder
+
+        encoder = load_encoder(cfg.encoder, cfg.image_size)
         cache = cfg.cache_dir or Path(cfg.store) / ".cache" / "embeddings"
         emb = embed_source(source, encoder, cache, cfg.batch_size, cfg.num_workers, cfg.chunk_size, cfg.dtype,
                            cfg.device, progress and rank == 0)
@@ -132,11 +145,9 @@ def curate(cfg: CurateConfig, progress: bool = True) -> CurateResult:
     good = np.flatnonzero(emb.ok)
     if cfg.mining.k >= len(good):
         raise SemipairsError(f"k={cfg.mining.k} must be smaller than the number of readable images ({len(good)})")
-    x = np.ascontiguousarray(emb.vectors[good], dtype=np.float32)
-    index_cfg = IndexConfig(metric=cfg.metric, exact_max=cfg.exact_max, nprobe=cfg.nprobe, seed=cfg.mining.seed)
-    index, index_info = build_index(x, index_cfg)
-    scores, ids = search(index, x, cfg.mining.k, index_cfg.query_batch, progress)
-    result = mine(scores, ids, cfg.mining)
+    x = emb.vectors if len(good) == n else emb.vectors[good]  # no copy when every image was readable
+    result, index_info = mine_embeddings(np.ascontiguousarray(x, np.float32), cfg.metric, cfg.mining, cfg.exact_max,
+                                         cfg.nprobe, progress)
     if result.pairs.empty:
         raise SemipairsError(f"mining found no pair ({result.counts}); loosen min_score, mutual or duplicate_threshold")
     # back from positions among readable images to source positions and keys

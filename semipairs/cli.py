@@ -152,12 +152,14 @@ def quickstart(
 
 
 def _register_optional() -> None:
-    """Commands of the curation/training packages register themselves when present."""
-    try:
-        from curation.cli import register
-    except ImportError:
-        return
-    register(app)
+    """Commands of the curation and training packages register themselves (their modules stay light)."""
+    import importlib
+
+    for module in ("curation.cli", "training.cli"):
+        try:
+            importlib.import_module(module).register(app)
+        except ImportError:
+            continue
 
 
 _register_optional()

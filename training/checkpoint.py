@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -51,3 +52,21 @@ def load_backbone(path: str | Path) -> tuple[nn.Module, BackboneSpec, int]:
     model, dim = build_backbone(spec)
     model.load_state_dict(state["backbone"])
     return model.eval(), spec, dim
+
+
+def rng_state() -> dict:
+    """Every RNG a run depends on, as tensors and builtins (loadable with weights_only=True)."""
+    import random
+
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+            "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    import random
+
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
+    random.setstate(tuple(state["python"][:1]) + (tuple(state["python"][1]),) + tuple(state["python"][2:]))

@@ -1,0 +1,77 @@
+"""Benchmark helpers: best-of-n timing, peak RSS of a child process, CIFAR-10 extraction, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CIFAR = Path(os.environ.get("SEMIPAIRS_CIFAR10", REPO.parent / "shared" / "data" / "cifar10"))
+
+
+def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
+    """Minimum wall time of ``repeat`` calls (the least disturbed run on a shared machine)."""
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def machine() -> dict:
+    import torch
+
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def cifar_tar_images(split: str = "test", limit: int | None = None) -> list[tuple[str, int, bytes]]:
+    """(key, label, jpeg bytes) read straight from the shared tar."""
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    out = []
+    with tarfile.open(CIFAR / f"cifar10-{split}.tar") as tar:
+        for m in tar:
+            if m.isfile() and m.name.endswith(".jpg"):
+                _, cls, fname = m.name.split("/")
+                out.append((f"{cls}/{fname[:-4]}", classes.index(cls), tar.extractfile(m).read()))
+                if limit and len(out) >= limit:
+                    break
+    return out
+
+
+def extract_cifar(split: str, dest: Path) -> Path:
+    """ImageFolder copy of a split (done once per destination)."""
+    root = dest / f"cifar10-{split}"
+    marker = root / ".complete"
+    if not marker.exists():
+        for key, _, data in cifar_tar_images(split):
+            (root / key).parent.mkdir(parents=True, exist_ok=True)
+            (root / f"{key}.jpg").write_bytes(data)
+        marker.touch()
+    return root
+
+
+def run_child(code: str) -> tuple[float, str]:
+    """Run ``code`` in a fresh interpreter; (its own peak RSS in MB, its stdout without the RSS line)."""
+    probe = "\nimport resource as _r; print('PEAK_RSS_KB', _r.getrusage(_r.RUSAGE_SELF).ru_maxrss)"
+    proc = subprocess.run([sys.executable, "-c", code + probe], capture_output=True, text=True, cwd=REPO)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-2000:])
+    lines = proc.stdout.strip().splitlines()
+    return int(lines[-1].split()[1]) / 1024, "\n".join(lines[:-1])
+
+
+def emit(result: dict, out: str | None) -> None:
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")

@@ -1,0 +1,42 @@
+"""Augmentation recipes with torchvision transforms v2: MoCo-v2, its small-image (32 px) variant,
+SimSiam's, and the evaluation transform. A recipe maps one PIL image to one augmented tensor view."""
+
+from __future__ import annotations
+
+import torch
+from torchvision.transforms import v2
+
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+CIFAR = ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))
+
+
+def _stats(size: int) -> tuple:
+    return CIFAR if size <= 64 else IMAGENET
+
+
+def moco_v2(size: int = 224) -> v2.Compose:
+    """MoCo-v2 (Chen et al. 2020): crop 0.2-1, jitter 0.4/0.4/0.4/0.1 p=0.8, grayscale 0.2, blur 0.5, flip.
+    For small images (<= 64 px) blur is left out, as in the CIFAR recipes of solo-learn and lightly."""
+    ops = [
+        v2.ToImage(),
+        v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),
+        v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+        v2.RandomGrayscale(p=0.2),
+    ]
+    if size > 64:
+        ops.append(v2.RandomApply([v2.GaussianBlur(kernel_size=2 * (size // 20) + 1, sigma=(0.1, 2.0))], p=0.5))
+    ops += [v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(*_stats(size))]
+    return v2.Compose(ops)
+
+
+def simsiam(size: int = 224) -> v2.Compose:
+    """SimSiam (Chen & He 2021): as MoCo-v2 but jitter strength 0.4/0.4/0.4/0.1 and blur on large images."""
+    return moco_v2(size)
+
+
+def evaluation(size: int = 224) -> v2.Compose:
+    resize = [v2.Resize(size, antialias=True), v2.CenterCrop(size)] if size > 64 else [v2.Resize((size, size), antialias=True)]
+    return v2.Compose([v2.ToImage(), *resize, v2.ToDtype(torch.float32, scale=True), v2.Normalize(*_stats(size))])
+
+
+RECIPES = {"moco": moco_v2, "simsiam": simsiam}

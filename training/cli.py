@@ -1,0 +1,104 @@
+"""``semipairs train`` and ``semipairs eval``; torch is imported only when they run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+TRAIN_EXAMPLE = ("Example: semipairs train --method moco --data cifar10:data --pairs store/cifar-pairs --epochs 200 "
+                 "--backbone resnet18 --cifar-stem --out runs/moco-pairs   "
+                 "(multi-GPU: torchrun --nproc_per_node 8 -m semipairs.cli train ...)")
+EVAL_EXAMPLE = ("Example: semipairs eval --checkpoint runs/moco/checkpoint.pt --train cifar10:data --test cifar10:data:test "
+                "--linear")
+
+
+def train_command(
+    method: str | None = typer.Option(None, help="moco or simsiam."),
+    data: str | None = typer.Option(None, help="Training images: imagefolder:DIR, webdataset:PATTERN, cifar10:ROOT, digits."),
+    pairs: str | None = typer.Option(None, help="Pair dataset (path) whose semantic pairs join each epoch (SePP-ID)."),
+    pair_ratio: float | None = typer.Option(None, help="Share of the pairs used per epoch (default 1.0)."),
+    epochs: int | None = typer.Option(None, help="Epochs (default 100)."),
+    batch_size: int | None = typer.Option(None, help="Batch size per process (default 256)."),
+    backbone: str | None = typer.Option(None, help="resnet18, resnet50 or timm:NAME."),
+    cifar_stem: bool | None = typer.Option(None, "--cifar-stem/--imagenet-stem", help="3x3 stem without max-pool for 32 px."),
+    image_size: int | None = typer.Option(None, help="Input size (default 32)."),
+    lr: float | None = typer.Option(None, help="Base LR for batch 256 (scaled linearly)."),
+    reco: bool | None = typer.Option(None, "--reco/--no-reco", help="Add ReCo global + local terms (MoCo)."),
+    eval_train: str | None = typer.Option(None, help="Labelled source for the kNN monitor's memory bank."),
+    eval_test: str | None = typer.Option(None, help="Labelled source the kNN monitor scores."),
+    knn_every: int | None = typer.Option(None, help="kNN top-1 every N epochs (0: at the end)."),
+    num_workers: int | None = typer.Option(None, help="DataLoader workers (default 2)."),
+    device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when present)."),
+    compile: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
+    seed: int | None = typer.Option(None, help="Seed."),
+    out: Path | None = typer.Option(None, help="Run directory: checkpoint.pt, metrics.json, config.yaml."),
+    config: Path | None = typer.Option(None, help="YAML config; flags override its keys."),
+    as_json: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
+) -> None:
+    """Train MoCo-v2 or SimSiam, optionally with semantic pairs and ReCo; resumes from RUN/checkpoint.pt."""
+    import yaml
+
+    from semipairs.cli import _fail
+    from semipairs.cli import out as console
+    from semipairs.errors import SemipairsError
+    from training.trainer import TrainConfig, train
+
+    raw = yaml.safe_load(config.read_text()) if config else {}
+    flags = dict(method=method, data=data, pairs=pairs, pair_ratio=pair_ratio, epochs=epochs, batch_size=batch_size,
+                 backbone=backbone, cifar_stem=cifar_stem, image_size=image_size, lr=lr, reco=reco, eval_train=eval_train,
+                 eval_test=eval_test, knn_every=knn_every, num_workers=num_workers, device=device, compile=compile, seed=seed,
+                 out=out)
+    raw.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        cfg = TrainConfig.model_validate(raw)
+        metrics = train(cfg, progress=not as_json)
+    except (SemipairsError, ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    last = metrics["epochs"][-1] if metrics["epochs"] else {}
+    summary = {"out": str(cfg.out), "epochs": len(metrics["epochs"]), "loss": last.get("loss"), "knn_top1": last.get("knn_top1")}
+    if as_json:
+        sys.stdout.write(json.dumps(summary, indent=2) + "\n")
+    else:
+        console.print(f"trained {summary['epochs']} epoch(s): loss {summary['loss']}, kNN top-1 {summary['knn_top1']}; "
+                      f"run in {cfg.out}")
+
+
+def eval_command(
+    checkpoint: Path = typer.Option(..., help="A training checkpoint (its query backbone is evaluated)."),
+    train_src: str = typer.Option(..., "--train", help="Labelled source for the kNN bank / probe training."),
+    test_src: str = typer.Option(..., "--test", help="Labelled source to score."),
+    linear: bool = typer.Option(False, "--linear", help="Also train a linear probe."),
+    k: int = typer.Option(200, help="kNN neighbours."),
+    num_workers: int = typer.Option(2, help="DataLoader workers."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """kNN (k=200, T=0.07) and optional linear-probe top-1 of a checkpoint's backbone."""
+    import torch
+
+    from semipairs.cli import _fail
+    from semipairs.cli import out as console
+    from semipairs.errors import SemipairsError
+    from semipairs.sources import open_source
+    from training.augment import evaluation
+    from training.checkpoint import load_backbone
+    from training.evaluate import evaluate_backbone
+
+    try:
+        model, spec, _ = load_backbone(checkpoint)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        res = evaluate_backbone(model.to(device), open_source(train_src), open_source(test_src), evaluation(spec.image_size),
+                                linear=linear, k=k, num_workers=num_workers, device=device, progress=not as_json)
+    except (SemipairsError, ValueError, FileNotFoundError) as exc:
+        _fail(exc)
+    if as_json:
+        sys.stdout.write(json.dumps(res.to_dict()) + "\n")
+    else:
+        console.print(f"kNN top-1 {res.knn_top1:.2f}%" + (f", linear top-1 {res.linear_top1:.2f}%" if linear else ""))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train", epilog=TRAIN_EXAMPLE)(train_command)
+    app.command("eval", epilog=EVAL_EXAMPLE)(eval_command)

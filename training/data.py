@@ -1,0 +1,92 @@
+"""Training views: an epoch is every source image as two views of itself plus the semantic pairs as a
+view of the anchor and a view of its positive (SePP-ID). ``pair_ratio`` sets the share of pairs used.
+
+Pairs come from the dataset's shards (embedded layout) or are resolved by key against ``--data``
+(reference layout). Every reader yields the same quota of pairs per epoch (cycling its shards if it
+holds fewer), so DDP ranks never wait on each other at a collective. Work is split over DDP ranks and
+DataLoader workers like ``to_torch``; every sample says where it came from (``kind`` 0 = same image,
+1 = pair; ``index`` = source index or pair id).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset
+
+from semipairs.dataset import PairDataset
+from semipairs.sources.base import ImageSource
+from semipairs.torch_data import decode_image, reader_slot
+
+View = Callable[[Any], torch.Tensor]
+
+
+class SePPViews(IterableDataset):
+    def __init__(self, source: ImageSource, view: View, pairs: PairDataset | None = None, pair_ratio: float = 1.0,
+                 seed: int = 0, view_pair: View | None = None) -> None:
+        super().__init__()
+        if not 0.0 <= pair_ratio <= 1.0:
+            raise ValueError(f"pair_ratio must be within [0, 1], got {pair_ratio}")
+        self.source, self.view, self.view_pair = source, view, view_pair or view
+        self.pairs, self.pair_ratio, self.seed, self.epoch = pairs, pair_ratio, seed, 0
+        self.num_pairs = int(round(len(pairs) * pair_ratio)) if pairs is not None else 0
+        if pairs is not None and pairs.manifest.layout == "reference":
+            known = source.index_of()
+            missing = [k for k in pairs.table["anchor_key"].tolist() + pairs.table["positive_key"].tolist() if k not in known]
+            if missing:
+                raise ValueError(f"pairs {pairs.path} name keys absent from {source.spec}: {missing[:5]}")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.source) + self.num_pairs
+
+    def _pair_stream(self, rng: np.random.Generator, me: int, readers: int) -> Iterator[tuple[Any, Any, int]]:
+        assert self.pairs is not None
+        if self.pairs.manifest.layout == "reference":
+            ids = np.sort(rng.permutation(len(self.pairs))[: self.num_pairs])[me::readers]
+            pos = self.source.index_of()
+            anchors, positives = self.pairs.table["anchor_key"].to_numpy(), self.pairs.table["positive_key"].to_numpy()
+            for i in rng.permutation(ids):
+                yield self.source.read(pos[anchors[i]]).image(), self.source.read(pos[positives[i]]).image(), int(i)
+            return
+        # Shards split unevenly over readers; each reader yields its fixed quota (the caller stops it), cycling
+        # its own shards when it holds fewer pairs, so every DDP rank fills the same number of batches.
+        take = min(1.0, self.num_pairs / max(1, len(self.pairs)))
+        while True:
+            got = 0
+            for anchor, positive, meta in self.pairs.to_torch(decode=False):
+                if take >= 1.0 or rng.random() < take:
+                    got += 1
+                    yield decode_image(anchor), decode_image(positive), int(meta["pair_id"])
+            if not got:
+                return
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, int]]]:
+        me, readers = reader_slot()
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.source))[me::readers]
+        rng = np.random.default_rng([self.seed, self.epoch, me])
+        pairs = self._pair_stream(rng, me, readers) if self.pairs is not None and self.num_pairs else iter(())
+        n_src, n_pair = len(order), -(-self.num_pairs // readers)
+        s = 0
+        while s < n_src or n_pair > 0:
+            if n_pair > 0 and (s >= n_src or rng.random() < n_pair / (n_pair + n_src - s)):
+                n_pair -= 1
+                item = next(pairs, None)
+                if item is None:
+                    n_pair = 0
+                    continue
+                a, p, pid = item
+                yield self.view(a), self.view_pair(p), {"kind": 1, "index": pid}
+            else:
+                i = int(order[s])
+                s += 1
+                try:
+                    img = self.source.read(i).image()
+                except Exception:  # noqa: BLE001 - an unreadable image is skipped, as everywhere
+                    continue
+                yield self.view(img), self.view(img), {"kind": 0, "index": i}
