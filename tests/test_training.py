@@ -182,6 +182,6 @@ def test_cli_train_then_eval_and_ckpt_encoder(cifar_folder: Path, tmp_path: Path
                                  "--test", folder, "--linear", "--num-workers", "0", "--json"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout)
-    assert res["knn_top1"] == pytest.approx(summary["knn_top1"]) and res["linear_top1"] > 33.4
+    assert res["knn_top1"] == pytest.approx(summary["knn_top1"], abs=0.01) and res["linear_top1"] > 33.4
     enc = load_encoder(f"ckpt:{tmp_path / 'run' / 'checkpoint.pt'}")
     assert enc.info.kind == "ckpt" and enc.info.image_size == 16 and enc.info.dim == 512
