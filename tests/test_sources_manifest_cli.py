@@ -137,7 +137,7 @@ def test_cli_pack_info_verify_json(cifar_folder: Path, tmp_path: Path) -> None:
     assert r.exit_code == 2 and "no such pair dataset" in r.output
 
 
-@pytest.mark.parametrize("command", ["pack", "info", "verify", "quickstart", "curate"])
+@pytest.mark.parametrize("command", ["pack", "info", "verify", "quickstart", "curate", "train", "eval"])
 def test_every_command_has_help_with_an_example(command: str) -> None:
     r = CliRunner().invoke(app, [command, "--help"])
     assert r.exit_code == 0 and "Example: semipairs " + command in r.output

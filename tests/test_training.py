@@ -185,3 +185,9 @@ def test_cli_train_then_eval_and_ckpt_encoder(cifar_folder: Path, tmp_path: Path
     assert res["knn_top1"] == pytest.approx(summary["knn_top1"], abs=0.01) and res["linear_top1"] > 33.4
     enc = load_encoder(f"ckpt:{tmp_path / 'run' / 'checkpoint.pt'}")
     assert enc.info.kind == "ckpt" and enc.info.image_size == 16 and enc.info.dim == 512
+
+
+def test_max_steps_is_a_fixed_budget_across_epochs(cifar_folder: Path, tmp_path: Path) -> None:
+    m = train(_cfg(cifar_folder, tmp_path / "budget", method="simsiam", batch_size=64, epochs=5, max_steps=6), progress=False)
+    assert [len(e["step_losses"]) for e in m["epochs"]] == [4, 2]  # 4 full batches per epoch, then the budget ends
+    assert m["epochs"][-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # the cosine schedule spans exactly the budget

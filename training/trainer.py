@@ -44,6 +44,7 @@ class TrainConfig(BaseModel):
     pair_ratio: float = Field(1.0, ge=0, le=1, description="share of the pairs used per epoch")
     epochs: int = Field(100, ge=1)
     stop_after: int | None = Field(None, ge=1, description="stop after this many epochs of this call; resume later")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps in all (a fixed budget); the schedule spans them")
     batch_size: int = Field(256, ge=2)
     backbone: str = "resnet18"
     cifar_stem: bool = False
@@ -134,7 +135,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     lr = cfg.lr * cfg.batch_size * world / 256
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    total = cfg.epochs * steps
+    total = cfg.epochs * steps if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
 
     ckpt_path = out / "checkpoint.pt"
@@ -163,7 +164,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
 
     eval_src = (open_source(cfg.eval_train), open_source(cfg.eval_test)) if cfg.eval_train and cfg.eval_test else None
-    end = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, start + cfg.stop_after)
+    final = min(cfg.epochs, -(-total // steps))  # the run's last epoch (max_steps may end it early)
+    end = final if cfg.stop_after is None else min(final, start + cfg.stop_after)
     for epoch in range(start, end):
         dataset.set_epoch(epoch)
         loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, drop_last=True,
@@ -172,7 +174,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         losses, parts_sum, pairs_seen, t0 = [], {}, 0, time.perf_counter()
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0, unit="step")
         for step, (v1, v2, info) in enumerate(loader):
-            if step >= steps:
+            if step >= steps or epoch * steps + step >= total:
                 break
             v1, v2 = v1.to(device, non_blocking=True), v2.to(device, non_blocking=True)
             if on_gpu:
@@ -195,7 +197,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         row: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "step_losses": losses,
                                "parts": {k: v / len(losses) for k, v in parts_sum.items()}, "pair_samples": pairs_seen,
                                "seconds": round(time.perf_counter() - t0, 2), "lr": scheduler.get_last_lr()[0]}
-        last = epoch + 1 == cfg.epochs
+        last = epoch + 1 == final
         if eval_src and rank == 0 and ((cfg.knn_every and (epoch + 1) % cfg.knn_every == 0) or last):
             tf = evaluation(cfg.image_size)
             trf, try_ = extract_features(model.backbone, eval_src[0], tf, num_workers=cfg.num_workers, device=device)
