@@ -63,5 +63,36 @@ def curate_command(
     out.print(f"published {result.path}: {s['num_pairs']} pairs, coverage {s['coverage']:.1%}{prec}")
 
 
+def audit_command(
+    path: str = typer.Argument(..., help="A version directory or STORE/NAME (newest version)."),
+    labels_from: str | None = typer.Option(None, help="Labelled source holding the pairs' keys (else the table's labels)."),
+    out: Path | None = typer.Option(None, help="Output directory (default: ./audit-NAME-VERSION)."),
+    version: str | None = typer.Option(None, help="Version under STORE/NAME."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+) -> None:
+    """Audit pair quality: metrics.json, score / precision-coverage / hubness plots, pair grids, report.html."""
+    from curation.audit import audit
+    from semipairs.cli import _fail, err
+    from semipairs.cli import out as console
+    from semipairs.dataset import load
+    from semipairs.errors import SemipairsError
+
+    try:
+        ds = load(path, version)
+        target = out or Path(f"audit-{ds.manifest.name}-{ds.manifest.version}")
+        result = audit(ds, target, labels_from=labels_from)
+    except SemipairsError as exc:
+        _fail(exc)
+    if as_json:
+        sys.stdout.write(json.dumps(result.metrics, indent=1) + "\n")
+        return
+    if result.metrics["labels"] is None:
+        err.print("no labels in the pairs and no --labels-from: unsupervised part only")
+    console.print(result.summary_markdown())
+    console.print(f"report: {result.out / 'report.html'}")
+
+
 def register(app: typer.Typer) -> None:
     app.command("curate", epilog=EXAMPLE)(curate_command)
+    app.command("audit", epilog="Example: semipairs audit store/photo-pairs --labels-from imagefolder:photos --out audit")(
+        audit_command)

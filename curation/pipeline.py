@@ -47,6 +47,7 @@ class CurateConfig(BaseModel):
     exact_max: int = 200_000
     nprobe: int = 32
     shard_size: int = 5000
+    audit: bool = Field(True, description="write audit/ (metrics, plots, report.html) into the version")
     mining: MiningConfig = Field(default_factory=MiningConfig)
 
     @classmethod
@@ -108,6 +109,13 @@ def mine_embeddings(x: np.ndarray, metric: str, mining: MiningConfig, exact_max:
     return mine(scores, ids, mining), index_info
 
 
+def _audit_hook(root: Path) -> str:
+    from curation.audit import audit
+    from semipairs.dataset import PairDataset
+
+    return audit(PairDataset(root), root / "audit").summary_markdown()
+
+
 def curate(cfg: CurateConfig, progress: bool = True) -> CurateResult:
     target = version_dir(cfg.store, cfg.name, cfg.version)
     if target.exists():
@@ -164,7 +172,7 @@ def curate(cfg: CurateConfig, progress: bool = True) -> CurateResult:
     path = publish(PublishRequest(
         store=Path(cfg.store), name=cfg.name, version=cfg.version, source=source, pairs=pairs, layout=cfg.layout,
         encoder=encoder_info, index=index_info, mining=mining_info, config=cfg.model_dump(mode="json"),
-        shard_size=cfg.shard_size, check_images=False, progress=progress,
+        shard_size=cfg.shard_size, check_images=False, progress=progress, audit=_audit_hook if cfg.audit else None,
     ))
     from semipairs.dataset import PairDataset
 

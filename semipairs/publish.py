@@ -67,7 +67,10 @@ class PublishRequest:
     check_images: bool = True
     license: str = "other"
     progress: bool = True
-    extra_files: dict[str, bytes] = field(default_factory=dict)  # e.g. audit/ outputs, not hashed
+    extra_files: dict[str, bytes] = field(default_factory=dict)  # documentation files, not hashed
+    # Called with the temp version dir once table and manifest are written (before verify and rename);
+    # writes e.g. audit/ there and returns a markdown summary for the card. Curation passes its audit.
+    audit: Callable[[Path], str | None] | None = None
 
 
 def version_dir(store: str | Path, name: str, version: str) -> Path:
@@ -216,7 +219,8 @@ def _write(req: PublishRequest, root: Path) -> Manifest:
         content_hash=content_hash((f.path, f.sha256) for f in files),
     )
     (root / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
-    (root / CARD_NAME).write_text(render_card(manifest, req.license), encoding="utf-8")
+    summary = req.audit(root) if req.audit is not None else None
+    (root / CARD_NAME).write_text(render_card(manifest, req.license, summary), encoding="utf-8")
     if req.config is not None:
         (root / "config.yaml").write_text(yaml.safe_dump(req.config, sort_keys=False, allow_unicode=True), encoding="utf-8")
     for rel, data in req.extra_files.items():

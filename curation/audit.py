@@ -1,0 +1,340 @@
+"""Pair-quality audit: metrics, plots, image grids and one self-contained HTML page.
+
+Without labels it reports what can be judged unsupervised (score distribution, hubness, near-duplicates,
+mutual share) and says so; with labels (from the table, or ``labels_from`` a source) it adds precision
+overall and per class, the precision-coverage curve over score thresholds and the class confusion of
+wrong pairs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from semipairs.dataset import PairDataset
+from semipairs.errors import SemipairsError
+from semipairs.sources import open_source
+from semipairs.sources.base import ImageSource
+
+NEAR_DUPLICATE = 0.98
+CURVE_POINTS = 20
+
+
+class AuditError(SemipairsError):
+    """Labels that do not match the pairs, or an unreadable dataset."""
+
+
+@dataclass
+class AuditResult:
+    out: Path
+    metrics: dict[str, Any]
+    files: list[str]
+
+    def summary_markdown(self) -> str:
+        m = self.metrics
+        lines = [f"- pairs: {m['num_pairs']}, coverage {m['coverage']:.1%}, mutual share {m['unsupervised']['mutual_share']:.1%}",
+                 f"- hubness: in-degree skew {m['unsupervised']['hub_skew']:.2f}, top hub used "
+                 f"{m['unsupervised']['top_hubs'][0]['count'] if m['unsupervised']['top_hubs'] else 0} times",
+                 f"- near-duplicates (score >= {NEAR_DUPLICATE}): {m['unsupervised']['near_duplicates']}"]
+        if m.get("labels"):
+            lab = m["labels"]
+            lines.insert(0, f"- label precision: {lab['precision']:.1%} (labels from {lab['source']})")
+        else:
+            lines.append("- no labels: unsupervised signals only")
+        return "\n".join(lines)
+
+
+Labels = tuple[pd.Series, pd.Series, str, "list[str] | None"]
+
+
+def _class_names(ds: PairDataset) -> list[str] | None:
+    """Class names of the dataset's own source when it can be opened here (else labels show as numbers)."""
+    try:
+        return open_source(ds.manifest.source.uri).classes
+    except Exception:  # noqa: BLE001 - a source elsewhere, or gone: numbers it is
+        return None
+
+
+def _labels_for(ds: PairDataset, labels_from: str | ImageSource | None) -> Labels | None:
+    t = ds.table
+    if labels_from is None:
+        if "anchor_label" in t:
+            return t["anchor_label"], t["positive_label"], "pairs.parquet", _class_names(ds)
+        return None
+    src = open_source(labels_from) if isinstance(labels_from, str) else labels_from
+    if not src.has_labels:
+        raise AuditError(f"{src.spec}: this source has no labels to audit against")
+    lab = dict(zip(src.keys(), src.labels()))
+    missing = sorted(set(t["anchor_key"]).union(t["positive_key"]) - lab.keys())
+    if missing:
+        raise AuditError(f"{src.spec}: {len(missing)} pair key(s) have no label there, e.g. {missing[:5]}; "
+                         "the labels source must hold the pairs' keys")
+    a = t["anchor_key"].map(lab).astype("Int32")
+    p = t["positive_key"].map(lab).astype("Int32")
+    return a, p, src.spec, src.classes
+
+
+def compute_metrics(table: pd.DataFrame, num_images: int, anchor_label: pd.Series | None = None,
+                    positive_label: pd.Series | None = None, label_source: str = "", classes: list[str] | None = None,
+                    mining_counts: dict | None = None) -> dict[str, Any]:
+    """All audit numbers for a pair table; labels optional. Pure function, so it is tested on hand-made tables."""
+    n = len(table)
+    scores = table["score"].to_numpy(np.float64)
+    finite = np.isfinite(scores)
+    q = {k: float(np.quantile(scores[finite], v)) for k, v in
+         {"min": 0, "p05": .05, "p25": .25, "p50": .5, "p75": .75, "p95": .95, "max": 1}.items()} if finite.any() else {}
+    indeg = table["positive_key"].value_counts()
+    counts = np.zeros(max(num_images, len(indeg)))
+    counts[: len(indeg)] = indeg.to_numpy()
+    sd = counts.std()
+    skew = float(((counts - counts.mean()) ** 3).mean() / sd**3) if sd > 0 else 0.0
+    hist_counts, hist_edges = np.histogram(scores[finite], bins=30) if finite.any() else (np.array([]), np.array([]))
+    metrics: dict[str, Any] = {
+        "num_pairs": n, "num_images": num_images,
+        "coverage": table["anchor_key"].nunique() / num_images if num_images else 0.0,
+        "score_quantiles": q,
+        "unsupervised": {
+            "score_histogram": {"counts": hist_counts.tolist(), "edges": [round(e, 6) for e in hist_edges.tolist()]},
+            "hub_skew": skew,
+            "top_hubs": [{"key": k, "count": int(c)} for k, c in indeg.head(10).items()],
+            "max_in_degree": int(indeg.max()) if n else 0,
+            "near_duplicates": int((scores[finite] >= NEAR_DUPLICATE).sum()),
+            "near_duplicates_removed_by_mining": int((mining_counts or {}).get("near_duplicates", 0)),
+            "mutual_share": float(table["mutual"].mean()) if n else 0.0,
+        },
+        "labels": None,
+    }
+    if anchor_label is None or positive_label is None:
+        return metrics
+    known = (anchor_label.notna() & positive_label.notna()).to_numpy()
+    a = anchor_label.to_numpy(dtype=float, na_value=np.nan)
+    p = positive_label.to_numpy(dtype=float, na_value=np.nan)
+    same = (a == p) & known
+    name = (lambda c: classes[int(c)]) if classes else (lambda c: str(int(c)))
+    per_class = {}
+    for c in np.unique(a[known]):
+        sel = known & (a == c)
+        per_class[name(c)] = {"pairs": int(sel.sum()), "precision": float(same[sel].mean())}
+    order = np.argsort(-np.where(finite, scores, -np.inf), kind="stable")
+    curve = []
+    for frac in np.linspace(1 / CURVE_POINTS, 1.0, CURVE_POINTS):
+        top = order[: max(1, int(round(frac * n)))]
+        top = top[known[top]]
+        if not len(top):
+            continue
+        curve.append({"threshold": float(scores[top[-1]]) if finite[top[-1]] else None,
+                      "pairs": int(len(top)),
+                      "coverage": table["anchor_key"].to_numpy()[top].size and
+                      float(pd.unique(table["anchor_key"].to_numpy()[top]).size / num_images),
+                      "precision": float(same[top].mean())})
+    wrong = known & ~same
+    confusion = pd.crosstab(pd.Series(a[wrong]).map(name), pd.Series(p[wrong]).map(name)) if wrong.any() else pd.DataFrame()
+    top_conf = confusion.stack().sort_values(ascending=False).head(10) if not confusion.empty else pd.Series(dtype=int)
+    metrics["labels"] = {
+        "source": label_source, "pairs_with_labels": int(known.sum()),
+        "precision": float(same[known].mean()) if known.any() else 0.0,
+        "per_class": per_class, "precision_coverage": curve,
+        "wrong_pairs": int(wrong.sum()),
+        "confusion": {str(r): {str(c): int(v) for c, v in row.items() if v} for r, row in confusion.iterrows()},
+        "top_confusions": [{"anchor": str(r), "positive": str(c), "count": int(v)} for (r, c), v in top_conf.items()],
+    }
+    return metrics
+
+
+def _fig_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _plots(m: dict, table: pd.DataFrame, same: np.ndarray | None) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = {}
+    scores = table["score"].to_numpy(np.float64)
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    bins = np.linspace(np.nanmin(scores), np.nanmax(scores), 40) if np.isfinite(scores).any() else 10
+    if same is not None:
+        ax.hist(scores[same], bins=bins, alpha=0.65, label=f"same label ({same.sum()})", color="tab:green")
+        ax.hist(scores[~same], bins=bins, alpha=0.65, label=f"different label ({(~same).sum()})", color="tab:red")
+        ax.legend()
+    else:
+        ax.hist(scores[np.isfinite(scores)], bins=bins, color="tab:blue")
+    ax.set(xlabel="pair score", ylabel="pairs", title="Score distribution")
+    out["score_hist.png"] = _fig_png(fig)
+
+    if m["labels"] and m["labels"]["precision_coverage"]:
+        c = m["labels"]["precision_coverage"]
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        ax.plot([r["coverage"] for r in c], [r["precision"] for r in c], marker="o", ms=3)
+        ax.set(xlabel="coverage (share of images anchoring a kept pair)", ylabel="label precision",
+               title="Precision vs coverage as the score threshold rises", ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+        out["precision_coverage.png"] = _fig_png(fig)
+
+    indeg = table["positive_key"].value_counts().to_numpy()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    vals, cnts = np.unique(indeg, return_counts=True)
+    ax.bar(vals, cnts, color="tab:purple")
+    ax.set(xlabel="times an image is a positive (in-degree)", ylabel="images", yscale="log",
+           title=f"Hubness (skew {m['unsupervised']['hub_skew']:.2f})")
+    out["hub_indegree.png"] = _fig_png(fig)
+    return out
+
+
+def _pair_images(ds: PairDataset, ids: list[int], source: ImageSource | None) -> dict[int, tuple[bytes, bytes]]:
+    """Images of the given pairs: from the shards (embedded) or by key from a source (reference)."""
+    wanted = set(ids)
+    got: dict[int, tuple[bytes, bytes]] = {}
+    if ds.manifest.layout == "embedded":
+        from semipairs.shards import iter_shard, split_sample
+
+        per = [(ds.path / f.path, f.samples or 0) for f in ds.manifest.shard_files()]
+        start = 0
+        for path, n in per:
+            if any(start <= i < start + n for i in wanted):
+                for sample in iter_shard(path, n):
+                    a, p, meta = split_sample(sample)
+                    if meta["pair_id"] in wanted:
+                        got[meta["pair_id"]] = (a, p)
+            start += n
+        return got
+    if source is None:
+        return got
+    pos = source.index_of()
+    t = ds.table
+    for i in wanted:
+        got[i] = (source.read(pos[t["anchor_key"].iloc[i]]).data, source.read(pos[t["positive_key"].iloc[i]]).data)
+    return got
+
+
+def _grid(title: str, rows: pd.DataFrame, images: dict[int, tuple[bytes, bytes]], labels: list[str] | None) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    rows = rows[rows["pair_id"].isin(images.keys())]
+    cols = 4
+    nrows = max(1, -(-len(rows) // cols))
+    fig, axes = plt.subplots(nrows, cols * 2, figsize=(cols * 2 * 1.3, nrows * 1.55), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for j, (_, r) in enumerate(rows.iterrows()):
+        a, p = images[int(r["pair_id"])]
+        ax_a, ax_p = axes[j // cols][2 * (j % cols)], axes[j // cols][2 * (j % cols) + 1]
+        for ax, data in ((ax_a, a), (ax_p, p)):
+            ax.imshow(Image.open(io.BytesIO(data)).convert("RGB"), interpolation="nearest")
+        cap = f"{r['score']:.3f}"
+        if labels is not None:
+            cap += f"\n{labels[j]}"
+        ax_a.set_title(cap, fontsize=6, loc="left")
+    fig.suptitle(title, fontsize=9)
+    return _fig_png(fig)
+
+
+def _html(m: dict, images: dict[str, bytes], name: str) -> str:
+    def img(fn: str) -> str:
+        data = base64.b64encode(images[fn]).decode()
+        return f'<figure><img src="data:image/png;base64,{data}" alt="{fn}"><figcaption>{fn}</figcaption></figure>'
+
+    u = m["unsupervised"]
+    rows = [("pairs", m["num_pairs"]), ("images", m["num_images"]), ("coverage", f"{m['coverage']:.1%}"),
+            ("mutual share", f"{u['mutual_share']:.1%}"), ("hub skew", f"{u['hub_skew']:.2f}"),
+            ("max in-degree", u["max_in_degree"]), ("near-duplicates", u["near_duplicates"])]
+    rows += [(f"score {k}", f"{v:.4f}") for k, v in m["score_quantiles"].items()]
+    lab = m["labels"]
+    if lab:
+        rows.insert(0, ("label precision", f"{lab['precision']:.1%} ({lab['source']})"))
+    table = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    parts = [f"<h1>Pair audit: {html.escape(name)}</h1>", f"<table>{table}</table>"]
+    if not lab:
+        parts.append("<p><b>No labels</b>: unsupervised signals only (pass --labels-from SRC for precision).</p>")
+    else:
+        pc = "".join(f"<tr><td>{html.escape(c)}</td><td>{v['pairs']}</td><td>{v['precision']:.1%}</td></tr>"
+                     for c, v in lab["per_class"].items())
+        parts.append(f"<h2>Per class</h2><table><tr><th>class</th><th>pairs</th><th>precision</th></tr>{pc}</table>")
+        conf = "".join(f"<tr><td>{html.escape(r['anchor'])}</td><td>{html.escape(r['positive'])}</td><td>{r['count']}</td></tr>"
+                       for r in lab["top_confusions"])
+        head = "<tr><th>anchor</th><th>positive</th><th>pairs</th></tr>"
+        parts.append(f"<h2>Most frequent wrong pairs</h2><table>{head}{conf}</table>")
+    hubs = "".join(f"<tr><td>{html.escape(h['key'])}</td><td>{h['count']}</td></tr>" for h in u["top_hubs"])
+    parts.append(f"<h2>Top hubs</h2><table><tr><th>image</th><th>times a positive</th></tr>{hubs}</table>")
+    parts.append("<h2>Plots</h2>" + "".join(img(f) for f in images if not f.startswith("grid_")))
+    parts.append("<h2>Pairs</h2>" + "".join(img(f) for f in images if f.startswith("grid_")))
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;"
+             "margin:1em 0}th,td{border:1px solid #ccc;padding:3px 8px;text-align:left}figure{display:inline-block;"
+             "margin:6px}img{max-width:100%}")
+    head = f"<meta charset='utf-8'><title>Pair audit {html.escape(name)}</title><style>{style}</style>"
+    return f"<!doctype html><html><head>{head}</head><body>{''.join(parts)}</body></html>"
+
+
+def audit(ds: PairDataset, out: str | Path, labels_from: str | ImageSource | None = None, grid_size: int = 16,
+          seed: int = 0) -> AuditResult:
+    """Write metrics.json, PNG plots and grids and report.html under ``out``; return the metrics."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t = ds.table
+    lab = _labels_for(ds, labels_from)
+    metrics = compute_metrics(t, ds.manifest.source.num_images, *(lab or (None, None, "", None)),
+                              mining_counts=getattr(ds.manifest.mining, "counts", None))
+    same = None
+    if lab is not None:
+        a, p = lab[0].to_numpy(dtype=float, na_value=np.nan), lab[1].to_numpy(dtype=float, na_value=np.nan)
+        same = a == p
+    images = _plots(metrics, t, same)
+
+    source = None
+    if ds.manifest.layout == "reference":
+        spec = labels_from if labels_from is not None else ds.manifest.source.uri
+        try:
+            source = open_source(spec) if isinstance(spec, str) else spec
+        except SemipairsError:
+            source = None
+    by_score = t.sort_values("score", ascending=False, kind="stable")
+    picks = {"grid_highest.png": ("Highest-score pairs", by_score.head(grid_size)),
+             "grid_lowest.png": ("Lowest-score pairs", by_score.tail(grid_size).iloc[::-1])}
+    if same is not None and (~same).any():
+        wrong = t[~same & lab[0].notna().to_numpy()]
+        picks["grid_wrong.png"] = ("Wrong pairs (labels differ)", wrong.sample(min(grid_size, len(wrong)), random_state=seed))
+    needed = sorted({int(i) for _, rows in picks.values() for i in rows["pair_id"]})
+    pair_imgs = _pair_images(ds, needed, source)
+    if pair_imgs:
+        classes = lab[3] if lab is not None else None
+        for fn, (title, rows) in picks.items():
+            caps = None
+            if lab is not None:
+                name = (lambda c: classes[int(c)]) if classes else (lambda c: str(int(c)))
+                caps = [f"{name(lab[0].iloc[i]) if pd.notna(lab[0].iloc[i]) else '?'} / "
+                        f"{name(lab[1].iloc[i]) if pd.notna(lab[1].iloc[i]) else '?'}" for i in rows["pair_id"]]
+            images[fn] = _grid(title, rows, pair_imgs, caps)
+    else:
+        metrics["grids"] = "skipped: a reference dataset needs its source (--labels-from SRC) to show images"
+    for fn, data in images.items():
+        (out / fn).write_bytes(data)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (out / "report.html").write_text(_html(metrics, images, f"{ds.manifest.name} {ds.manifest.version}"), encoding="utf-8")
+    return AuditResult(out, metrics, sorted([*images, "metrics.json", "report.html"]))
+
+
+def pair_grid(ds: PairDataset, pair_ids: list[int], title: str = "", source: str | ImageSource | None = None) -> bytes:
+    """PNG of the given pairs side by side (anchor | positive, score above): for browsing in a notebook.
+    A reference dataset needs ``source`` to find its images."""
+    src = open_source(source) if isinstance(source, str) else source
+    rows = ds.table[ds.table["pair_id"].isin(pair_ids)]
+    return _grid(title, rows, _pair_images(ds, [int(i) for i in rows["pair_id"]], src), None)
