@@ -242,3 +242,21 @@ def _chunky(tmp_path: Path) -> Path:
 def test_unknown_encoder_and_missing_library_messages() -> None:
     with pytest.raises(EncoderError, match="unknown torchvision model 'nonet'"):
         load_encoder("torchvision:nonet")
+
+
+def test_ivf_above_exact_max_and_l2_agree_with_exact_cosine() -> None:
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(20, 32)).astype(np.float32)
+    x = centers[rng.integers(0, 20, 2000)] + 0.3 * rng.normal(size=(2000, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    exact, info_exact = build_index(x, IndexConfig())
+    ivf, info_ivf = build_index(x, IndexConfig(exact_max=1000, nprobe=8))
+    l2, info_l2 = build_index(x, IndexConfig(metric="l2"))
+    assert info_exact.factory == "Flat" and info_ivf.factory == "IVF178,Flat" and info_ivf.nprobe == 8
+    s_e, i_e = search(exact, x, 5, 512, progress=False)
+    _, i_v = search(ivf, x, 5, 512, progress=False)
+    s_l, i_l = search(l2, x, 5, 512, progress=False)
+    recall = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(i_e, i_v)])
+    assert recall > 0.9, recall
+    assert (i_l[:, 0] == i_e[:, 0]).mean() > 0.99  # same nearest neighbour on unit vectors
+    np.testing.assert_allclose(s_l, -(2 - 2 * s_e), atol=1e-4)  # score = -squared L2 distance
