@@ -51,6 +51,9 @@ def main() -> None:
     ap.add_argument("--quantile", type=float, default=0.3, help="mining score quantile (after the mutual filter)")
     ap.add_argument("--pair-ratio", type=float, default=1.0)
     ap.add_argument("--seeds", default="0")
+    ap.add_argument("--pair-encoder", default="ckpt", help="'ckpt' (the baseline's own checkpoint, the protocol) or an "
+                    "encoder spec such as pixels, to ask whether more precise pairs help under the same budget")
+    ap.add_argument("--reuse-baseline", action="store_true", help="keep an existing baseline run of the same seed")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -70,7 +73,8 @@ def main() -> None:
 
     def run(seed: int, name: str, pairs: str | None) -> dict:
         out = work / f"seed{seed}" / name
-        shutil.rmtree(out, ignore_errors=True)
+        if not (args.reuse_baseline and pairs is None and (out / "checkpoint.pt").exists()):
+            shutil.rmtree(out, ignore_errors=True)
         cfg = TrainConfig(method="moco", data=train_src, out=out, pairs=pairs, pair_ratio=args.pair_ratio, epochs=args.epochs,
                           max_steps=args.steps or None, batch_size=args.batch_size, image_size=32, cifar_stem=args.cifar_stem,
                           num_workers=args.workers, seed=seed)
@@ -90,14 +94,15 @@ def main() -> None:
     for seed in seeds:
         base = run(seed, "baseline", None)
         t = time.perf_counter()
-        cur = curate(CurateConfig(source=train_src, encoder=f"ckpt:{base['checkpoint']}", store=work / "store",
+        encoder = f"ckpt:{base['checkpoint']}" if args.pair_encoder == "ckpt" else args.pair_encoder
+        cur = curate(CurateConfig(source=train_src, encoder=encoder, store=work / "store",
                                   name=f"cifar-pairs-seed{seed}", version=f"1.0.{int(time.time())}", layout="reference",
                                   num_workers=args.workers, cache_dir=work / "cache",
                                   mining=MiningConfig(k=args.k, mutual=True, min_score_quantile=args.quantile, seed=seed)),
                      progress=False)
         stats = load(cur.path).manifest.stats
         curate_s = time.perf_counter() - t
-        paired = run(seed, "with-pairs", str(cur.path))
+        paired = run(seed, "with-pairs" if args.pair_encoder == "ckpt" else f"with-pairs-{args.pair_encoder}", str(cur.path))
         rows.append({"seed": seed, "baseline": base, "with_pairs": paired,
                      "pairs": {"num_pairs": stats.num_pairs, "coverage": round(stats.coverage, 4),
                                "images_in_pairs": round(stats.images_in_pairs, 4),
@@ -107,7 +112,8 @@ def main() -> None:
         "benchmark": "quality.cifar10", "machine": machine(),
         "setting": {"train_images": args.train_images, "test_images": 10_000, "backbone": "resnet18",
                     "cifar_stem": args.cifar_stem, "image_size": 32, "batch_size": args.batch_size, "steps": args.steps,
-                    "method": "moco", "mining": {"k": args.k, "mutual": True, "min_score_quantile": args.quantile},
+                    "method": "moco", "pair_encoder": args.pair_encoder,
+                    "mining": {"k": args.k, "mutual": True, "min_score_quantile": args.quantile},
                     "pair_ratio": args.pair_ratio, "knn": {"k": 200, "temperature": 0.07}},
         "runs": rows,
         "mean_gain_points": round(sum(r["gain_points"] for r in rows) / len(rows), 2), "target_gain_points": 2.0,

@@ -87,18 +87,6 @@ class CurateResult:
         return {"path": str(self.path) if self.path else None, "stats": self.stats, "mining_counts": self.counts}
 
 
-def _init_distributed() -> tuple[int, int]:
-    """Join the torchrun group when there is one; torch is imported only then."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1
-    import torch
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
 def mine_embeddings(x: np.ndarray, metric: str, mining: MiningConfig, exact_max: int = 200_000, nprobe: int = 32,
                     progress: bool = True) -> tuple[MiningResult, IndexInfo]:
     """Index + batched kNN search + mining over L2-normalised float32 rows (positions, not keys)."""
@@ -127,7 +115,11 @@ def curate(cfg: CurateConfig, progress: bool = True) -> CurateResult:
     if cfg.mining.k >= n:
         raise SemipairsError(f"k={cfg.mining.k} must be smaller than the number of images ({n})")
 
-    rank, world = _init_distributed()
+    rank = 0
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torch is imported only for a torchrun group
+        from semipairs.torch_data import init_distributed
+
+        rank, _ = init_distributed()
     keys = source.keys()
     if cfg.embeddings is not None:
         emb = load_embeddings(cfg.embeddings, source)

@@ -19,10 +19,6 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 class HashingWriter:
     """A write-only file wrapper that hashes and counts bytes as they pass.
 

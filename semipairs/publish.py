@@ -41,7 +41,7 @@ from semipairs.manifest import (
     check_version,
 )
 from semipairs.shards import PairShardWriter, sample_meta
-from semipairs.sources.base import ImageSource, Skipped, check_image, normalise_ext
+from semipairs.sources.base import ImageSource, check_image, normalise_ext
 from semipairs.table import compute_stats, to_arrow, write_pairs
 from semipairs.verify import verify_version
 
@@ -229,4 +229,4 @@ def _write(req: PublishRequest, root: Path) -> Manifest:
     return manifest
 
 
-__all__ = ["PublishRequest", "publish", "version_dir", "Skipped"]
+__all__ = ["PublishRequest", "publish", "version_dir"]

@@ -33,6 +33,15 @@ def reader_slot() -> tuple[int, int]:
     return rank * nw + wid, world * nw
 
 
+def init_distributed() -> tuple[int, int]:
+    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on GPUs, gloo on CPU); (rank, world)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
 def decode_image(data: bytes) -> Image.Image:
     with Image.open(io.BytesIO(data)) as im:
         return im.convert("RGB")

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from semipairs.errors import SemipairsError
 from semipairs.sources import open_source
+from semipairs.torch_data import init_distributed
 from training.augment import RECIPES, evaluation
 from training.backbones import BackboneSpec, backbone_state, build_backbone
 from training.checkpoint import CHECKPOINT_VERSION, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -75,16 +76,6 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _dist() -> tuple[int, int]:
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
 def build_model(cfg: TrainConfig) -> tuple[nn.Module, BackboneSpec]:
     spec = BackboneSpec(cfg.backbone, cifar_stem=cfg.cifar_stem, image_size=cfg.image_size)
     backbone, dim = build_backbone(spec)
@@ -107,7 +98,7 @@ def _steps_per_epoch(n: int, batch: int, world: int, readers_per_rank: int) -> i
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
-    rank, world = _dist()
+    rank, world = init_distributed()
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and world > 1:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"

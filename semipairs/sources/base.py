@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import io
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from PIL import Image
-
-from semipairs.errors import SourceError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm")
 
@@ -104,20 +102,6 @@ class ImageSource(ABC):
             item = self.read_checked(i)
             if item is not None:
                 yield item
-
-    def fetch(self, keys: Iterable[str], check: bool = True) -> dict[str, SourceItem]:
-        """Items for the given keys; a key that is not in the source is a SourceError naming it."""
-        wanted = set(keys)
-        pos = self.index_of()
-        missing = sorted(wanted - pos.keys())
-        if missing:
-            raise SourceError(f"{self.spec}: unknown keys {missing[:5]} ({len(missing)} in all)")
-        out: dict[str, SourceItem] = {}
-        for key in sorted(wanted, key=pos.__getitem__):
-            item = self.read_checked(pos[key], check=check)
-            if item is not None:
-                out[key] = item
-        return out
 
     def index_of(self) -> dict[str, int]:
         """Map key -> position in ``keys()``."""
