@@ -124,9 +124,18 @@ def list_versions(dataset_dir: str | Path) -> list[str]:
 
 
 def load(path: str | Path, version: str | None = None) -> PairDataset:
-    """Open a pair dataset: a version directory, or ``STORE/NAME`` (newest version unless ``version``)."""
+    """Open a pair dataset: a version directory, ``STORE/NAME`` (newest version unless ``version``), or a
+    Hub id ``hf://OWNER/NAME[@REVISION]`` (downloaded through huggingface_hub's cache, then verified)."""
     if isinstance(path, str) and path.startswith("hf://"):
-        raise StoreError(f"{path}: loading from the Hugging Face Hub is not available in this release")
+        from semipairs.hub import download
+
+        if version is not None:
+            raise StoreError(f"{path}: pick a Hub version with @REVISION (e.g. {path}@v{version}), not version=")
+        ds = PairDataset(download(path))
+        report = ds.verify()
+        if not report.ok:
+            raise StoreError(f"{path}: downloaded files do not verify: {report.problems[0]}")
+        return ds
     p = Path(path).expanduser()
     if (p / MANIFEST_NAME).is_file():
         ds = PairDataset(p)
