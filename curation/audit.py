@@ -55,21 +55,27 @@ class AuditResult:
 Labels = tuple[pd.Series, pd.Series, str, "list[str] | None"]
 
 
-def _class_names(ds: PairDataset) -> list[str] | None:
-    """Class names of the dataset's own source when it can be opened here (else labels show as numbers)."""
+def _resolve_source(ds: PairDataset, labels_from: str | ImageSource | None) -> ImageSource | None:
+    """The one source an audit reads: ``labels_from`` (its errors are the user's to see), else the dataset's
+    own source when class names or reference-layout images need it and it can be opened here."""
+    if labels_from is not None:
+        return open_source(labels_from) if isinstance(labels_from, str) else labels_from
+    if "anchor_label" not in ds.table and ds.manifest.layout != "reference":
+        return None
     try:
-        return open_source(ds.manifest.source.uri).classes
-    except Exception:  # noqa: BLE001 - a source elsewhere, or gone: numbers it is
+        return open_source(ds.manifest.source.uri)
+    except Exception:  # noqa: BLE001 - a source elsewhere, or gone: numbers for classes, no grids
         return None
 
 
-def _labels_for(ds: PairDataset, labels_from: str | ImageSource | None) -> Labels | None:
+def _labels_for(ds: PairDataset, src: ImageSource | None, explicit: bool) -> Labels | None:
+    """Labels from ``src`` when the user named it, else from the table (class names from ``src``)."""
     t = ds.table
-    if labels_from is None:
+    if not explicit:
         if "anchor_label" in t:
-            return t["anchor_label"], t["positive_label"], "pairs.parquet", _class_names(ds)
+            return t["anchor_label"], t["positive_label"], "pairs.parquet", src.classes if src is not None else None
         return None
-    src = open_source(labels_from) if isinstance(labels_from, str) else labels_from
+    assert src is not None
     if not src.has_labels:
         raise AuditError(f"{src.spec}: this source has no labels to audit against")
     lab = dict(zip(src.keys(), src.labels()))
@@ -290,7 +296,8 @@ def audit(ds: PairDataset, out: str | Path, labels_from: str | ImageSource | Non
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t = ds.table
-    lab = _labels_for(ds, labels_from)
+    src = _resolve_source(ds, labels_from)
+    lab = _labels_for(ds, src, explicit=labels_from is not None)
     metrics = compute_metrics(t, ds.manifest.source.num_images, *(lab or (None, None, "", None)),
                               mining_counts=getattr(ds.manifest.mining, "counts", None))
     same = None
@@ -299,13 +306,7 @@ def audit(ds: PairDataset, out: str | Path, labels_from: str | ImageSource | Non
         same = a == p
     images = _plots(metrics, t, same)
 
-    source = None
-    if ds.manifest.layout == "reference":
-        spec = labels_from if labels_from is not None else ds.manifest.source.uri
-        try:
-            source = open_source(spec) if isinstance(spec, str) else spec
-        except SemipairsError:
-            source = None
+    source = src if ds.manifest.layout == "reference" else None
     by_score = t.sort_values("score", ascending=False, kind="stable")
     picks = {"grid_highest.png": ("Highest-score pairs", by_score.head(grid_size)),
              "grid_lowest.png": ("Lowest-score pairs", by_score.tail(grid_size).iloc[::-1])}

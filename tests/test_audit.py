@@ -119,3 +119,12 @@ def test_notebooks_run_top_to_bottom(notebook: str, tmp_path: Path, monkeypatch)
     assert not errors
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert images  # plots and grids were shown
+
+
+def test_reference_layout_audit_reads_images_from_the_labels_source(cifar_folder: Path, tmp_path: Path) -> None:
+    src = f"imagefolder:{cifar_folder}"
+    path = pack(src, ring_pairs(open_source(src).keys(), tmp_path / "p.csv", step=4), tmp_path / "s", "ref", "1.0.0",
+                layout="reference", progress=False)
+    res = audit(semipairs.load(path), tmp_path / "audit", labels_from=src)
+    assert res.metrics["labels"]["source"] == src and "grids" not in res.metrics
+    assert (tmp_path / "audit" / "grid_wrong.png").stat().st_size > 1000
