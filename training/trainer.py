@@ -31,7 +31,7 @@ from training.augment import RECIPES, evaluation
 from training.backbones import BackboneSpec, backbone_state, build_backbone
 from training.checkpoint import CHECKPOINT_VERSION, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from training.data import SePPViews
-from training.evaluate import extract_features, knn_top1
+from training.evaluate import evaluate_backbone
 from training.moco import MoCo
 from training.simsiam import SimSiam
 
@@ -116,7 +116,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         pairs = semipairs.load(cfg.pairs)
     view = RECIPES[cfg.method](cfg.image_size)
     dataset = SePPViews(source, view, pairs, cfg.pair_ratio, seed=cfg.seed)
-    readers = world * max(1, cfg.num_workers)
     steps = _steps_per_epoch(len(dataset), cfg.batch_size, world, max(1, cfg.num_workers))
 
     model, spec = build_model(cfg)
@@ -190,10 +189,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
                                "seconds": round(time.perf_counter() - t0, 2), "lr": scheduler.get_last_lr()[0]}
         last = epoch + 1 == final
         if eval_src and rank == 0 and ((cfg.knn_every and (epoch + 1) % cfg.knn_every == 0) or last):
-            tf = evaluation(cfg.image_size)
-            trf, try_ = extract_features(model.backbone, eval_src[0], tf, num_workers=cfg.num_workers, device=device)
-            tef, tey = extract_features(model.backbone, eval_src[1], tf, num_workers=cfg.num_workers, device=device)
-            row["knn_top1"] = knn_top1(trf, try_, tef, tey, k=cfg.knn_k)
+            row["knn_top1"] = evaluate_backbone(model.backbone, *eval_src, evaluation(cfg.image_size), k=cfg.knn_k,
+                                                num_workers=cfg.num_workers, device=device).knn_top1
         metrics["epochs"].append(row)
         if rank == 0:
             save_checkpoint(ckpt_path, {
@@ -206,5 +203,4 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             tmp = out / "metrics.json.tmp"
             tmp.write_text(json.dumps(metrics, indent=1))
             tmp.replace(out / "metrics.json")
-    metrics["readers"] = readers
     return metrics
