@@ -15,7 +15,8 @@ EXAMPLE = (
 
 
 def curate_command(
-    source: str | None = typer.Option(None, help="Image source: imagefolder:DIR, webdataset:PATTERN, digits, cifar10:ROOT."),
+    source: str | None = typer.Option(None, help="Image source: imagefolder:DIR, webdataset:PATTERN, digits, "
+                                       "cifar10:ROOT, hf:OWNER/NAME[@REV][:SPLIT]."),
     encoder: str | None = typer.Option(None, help="open_clip:MODEL[/TAG|FILE], timm:NAME[/FILE], torchvision:NAME[/W|FILE], "
                                                   "ckpt:PATH or pixels[:SIZE]."),
     store: Path | None = typer.Option(None, help="Store root; the version lands in STORE/NAME/VERSION."),

@@ -3,7 +3,7 @@
 import os
 import subprocess
 
-COMMANDS = ["pack", "info", "verify", "curate", "train", "eval", "quickstart"]
+COMMANDS = ["pack", "info", "verify", "push", "pull", "curate", "audit", "train", "eval", "quickstart"]
 
 print("# CLI reference\n\nGenerated from `semipairs COMMAND --help` (regenerate: `python docs/make_cli.py > docs/cli.md`).\n")
 for c in COMMANDS:

@@ -125,6 +125,55 @@ def verify(
         raise typer.Exit(1)
 
 
+@app.command(epilog="Example: semipairs push store/mypairs/1.0.0 me/mypairs   (token from HF_TOKEN or `hf auth login`)")
+def push(
+    path: str = typer.Argument(..., help="A version directory or STORE/NAME (newest version)."),
+    repo_id: str = typer.Argument(..., help="Hub dataset repo OWNER/NAME; created if missing."),
+    version: str | None = typer.Option(None, help="Version to push from STORE/NAME."),
+    private: bool = typer.Option(False, "--private", help="Create the repo private (an existing repo keeps its visibility)."),
+    revision_tag: bool = typer.Option(True, "--revision-tag/--no-revision-tag", help="Tag the commit v<version>."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Upload one verified version to a Hub dataset repo and tag it; same version + same content is a no-op."""
+    from semipairs.dataset import load
+    from semipairs.hub import push as do_push
+
+    try:
+        target = load(path, version).path
+        result = do_push(target, repo_id, private=private, tag=revision_tag)
+    except SemipairsError as exc:
+        _fail(exc)
+    if as_json:
+        _print_json(result.__dict__)
+    elif result.uploaded:
+        where = result.tag or result.commit[:12]
+        out.print(f"pushed {target} -> {result.repo_id} @ {where} ({result.commit[:12]})", soft_wrap=True)
+    else:
+        where = result.tag or result.commit[:12]
+        out.print(f"already on the Hub with the same content_hash: {result.repo_id} @ {where} (nothing uploaded)", soft_wrap=True)
+
+
+@app.command(epilog="Example: semipairs pull someone/cifar10-pairs@v1.0.0   (HF_HUB_OFFLINE=1 reads the cache only)")
+def pull(
+    repo: str = typer.Argument(..., help="OWNER/NAME[@REVISION] (tag, branch or commit) or hf://OWNER/NAME[@REVISION]."),
+    as_json: bool = typer.Option(False, "--json", help="Print the dataset summary as JSON."),
+) -> None:
+    """Download a pair dataset into the Hugging Face cache, verify every file, print where it is."""
+    from semipairs.dataset import load
+
+    uri = repo if repo.startswith("hf://") else f"hf://{repo}"
+    try:
+        ds = load(uri)
+    except SemipairsError as exc:
+        _fail(exc)
+    if as_json:
+        _print_json(ds.info())
+    else:
+        m = ds.manifest
+        out.print(f"ok: {uri} -> {ds.path}", soft_wrap=True)
+        out.print(f"{m.name} {m.version}: {m.stats.num_pairs} pairs, content_hash {m.content_hash}", soft_wrap=True)
+
+
 @app.command(epilog="Example: semipairs quickstart --out /tmp/sp   (or --source imagefolder:photos for your images)")
 def quickstart(
     out_dir: Path = typer.Option(Path("semipairs-quickstart"), "--out", help="Where the store, runs and audit go."),

@@ -1,5 +1,5 @@
 """`semipairs.load("hf://...")` through huggingface_hub's real snapshot_download, offline, from a
-Hugging Face cache laid out as the library writes it (push/pull and a loopback Hub server are #6)."""
+Hugging Face cache laid out as the library writes it (push/pull against a loopback Hub: test_hub.py)."""
 
 from __future__ import annotations
 

@@ -17,8 +17,10 @@ EVAL_EXAMPLE = ("Example: semipairs eval --checkpoint runs/moco/checkpoint.pt --
 
 def train_command(
     method: str | None = typer.Option(None, help="moco or simsiam."),
-    data: str | None = typer.Option(None, help="Training images: imagefolder:DIR, webdataset:PATTERN, cifar10:ROOT, digits."),
-    pairs: str | None = typer.Option(None, help="Pair dataset (path) whose semantic pairs join each epoch (SePP-ID)."),
+    data: str | None = typer.Option(None, help="Training images: imagefolder:DIR, webdataset:PATTERN, "
+                                     "cifar10:ROOT, digits, hf:OWNER/NAME[:SPLIT]."),
+    pairs: str | None = typer.Option(None, help="Pair dataset (path or hf://OWNER/NAME[@REV]) whose semantic pairs "
+                                      "join each epoch (SePP-ID)."),
     pair_ratio: float | None = typer.Option(None, help="Share of the pairs used per epoch (default 1.0)."),
     epochs: int | None = typer.Option(None, help="Epochs (default 100)."),
     batch_size: int | None = typer.Option(None, help="Batch size per process (default 256)."),

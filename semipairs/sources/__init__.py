@@ -1,5 +1,5 @@
 """Image sources from one spec string: ``imagefolder:DIR``, ``webdataset:PATTERN``, ``digits``,
-``cifar10:ROOT[:train|test]``. ``hf:REPO[@REV][:SPLIT]`` arrives with the Hub issue."""
+``cifar10:ROOT[:train|test]``, ``hf:OWNER/NAME[@REV][:SPLIT][#image=COL,label=COL]`` (Hub, via datasets)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from semipairs.errors import SourceError
 from semipairs.sources.base import ImageSource, Skipped, SourceItem, check_image
 
-SOURCE_KINDS = ("imagefolder", "webdataset", "digits", "cifar10")
+SOURCE_KINDS = ("imagefolder", "webdataset", "digits", "cifar10", "hf")
 
 
 def open_source(spec: str) -> ImageSource:
@@ -31,8 +31,13 @@ def open_source(spec: str) -> ImageSource:
 
         root, _, split = arg.rpartition(":") if arg.endswith((":train", ":test")) else (arg, "", "train")
         return Cifar10Source(spec, root=Path(root).expanduser(), split=split)
+    if kind == "hf" and arg:
+        from semipairs.sources.hub import HubImageSource, parse_hf_spec
+
+        return HubImageSource(spec, **parse_hf_spec(spec))
     raise SourceError(
-        f"unknown source spec {spec!r}: use imagefolder:DIR, webdataset:PATTERN, digits or cifar10:ROOT[:train|test]"
+        f"unknown source spec {spec!r}: use imagefolder:DIR, webdataset:PATTERN, digits, cifar10:ROOT[:train|test] "
+        "or hf:OWNER/NAME[@REV][:SPLIT]"
     )
 
 
