@@ -44,6 +44,14 @@ def load_embeddings(path: str | Path, source: ImageSource) -> Embeddings:
         raise EmbeddingError(f"{path}: expected a 2-D array (rows x dim), got shape {x.shape}")
     if x.shape[0] != len(source):
         raise EmbeddingError(f"{path}: {x.shape[0]} rows but source {source.spec} has {len(source)} images")
+    keys_file = path.with_suffix(".keys.txt")  # written beside refined embeddings: rows must match source keys
+    if keys_file.is_file():
+        saved = keys_file.read_text(encoding="utf-8").splitlines()
+        mismatch = next((i for i, (a, b) in enumerate(zip(saved, source.keys())) if a != b), None)
+        if len(saved) != len(source) or mismatch is not None:
+            where = f"row {mismatch}: {saved[mismatch]!r} vs {source.keys()[mismatch]!r}" if mismatch is not None else \
+                f"{len(saved)} keys vs {len(source)} images"
+            raise EmbeddingError(f"{keys_file}: rows are not in the order of source {source.spec} ({where})")
     out = np.empty(x.shape, np.float32)
     for start in range(0, len(x), BLOCK):
         out[start:start + BLOCK] = x[start:start + BLOCK]

@@ -15,12 +15,12 @@ from semipairs.sources.base import ImageSource
 
 
 class _Labelled(Dataset):
-    def __init__(self, source: ImageSource, transform) -> None:
+    def __init__(self, source: ImageSource, transform, require_labels: bool = True) -> None:
         self.source, self.transform = source, transform
         labels = source.labels()
-        if any(lab is None for lab in labels):
+        if require_labels and any(lab is None for lab in labels):
             raise ValueError(f"{source.spec}: evaluation needs labels for every image")
-        self.labels = labels
+        self.labels = [-1 if lab is None else lab for lab in labels]
 
     def __len__(self) -> int:
         return len(self.source)
@@ -31,12 +31,13 @@ class _Labelled(Dataset):
 
 @torch.no_grad()  # not inference_mode: a linear probe trains on these tensors
 def extract_features(backbone: nn.Module, source: ImageSource, transform, batch_size: int = 256, num_workers: int = 2,
-                     device: str = "cpu", progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L2-normalised features, labels) of every image of a labelled source."""
+                     device: str = "cpu", progress: bool = False, require_labels: bool = True,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L2-normalised features, labels) of every image of a source; a missing label is -1 unless required."""
     was_training = backbone.training
     backbone.eval()
     feats, labels = [], []
-    loader = DataLoader(_Labelled(source, transform), batch_size=batch_size, num_workers=num_workers)
+    loader = DataLoader(_Labelled(source, transform, require_labels), batch_size=batch_size, num_workers=num_workers)
     on_gpu = device.startswith("cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
         for x, y in tqdm(loader, desc=f"features {source.spec}", disable=not progress, leave=False):

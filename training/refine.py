@@ -1,0 +1,242 @@
+"""GNN refinement (the inter-instance phase of GraphNNCLR / "Beyond Augmentation"), as one readable builder.
+
+From a trained checkpoint: embed the data with the student (query) encoder and with the teacher (momentum)
+encoder; one kNN graph per stream; a GNN trained BYOL-style where the student graph and the teacher graph
+are two views of the same nodes (online encoder + predictor, EMA target, 2 - 2 cos both ways) on sampled
+mini-batches. The refined embedding of a node is its online encodings in both graphs, concatenated.
+Outputs, in ``OUT``: ``refined.npy`` + ``refined.keys.txt`` (rows in source order: usable as
+``semipairs curate --embeddings``), the same for ``--eval-data`` as ``refined-eval.*``, ``raw*.npy``,
+``gnn.pt`` (weights only) and ``report.json`` (kNN top-1 raw vs refined, losses, settings).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from tqdm.auto import tqdm
+
+from semipairs.sources import open_source
+from training.augment import evaluation, moco_v2
+from training.backbones import BackboneSpec, build_backbone
+from training.checkpoint import load_checkpoint
+from training.evaluate import extract_features, knn_top1
+from training.gnn import GNNEncoder, gcn_norm_parts, sample_subgraph
+from training.graphs import GraphError, KnnGraph, build_knn_graph
+
+
+class RefineConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    checkpoint: Path
+    data: str
+    out: Path
+    eval_data: str | None = Field(None, description="held-out source: nodes linked to their nearest training nodes")
+    k: int = Field(10, ge=1, description="neighbours per node in each kNN graph (before symmetrising)")
+    heldout_k: int | None = Field(None, ge=1, description="edges per held-out node (default k)")
+    layers: int = Field(2, ge=1)
+    conv: Literal["gcn", "sage", "gat"] = "gcn"
+    hidden: int = Field(256, ge=8)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(512, ge=2)
+    fanouts: list[int] = Field([15, 10], description="sampled in-edges per node at each hop (one per layer)")
+    feature_mask: float = Field(0.2, ge=0, lt=1, description="share of feature columns zeroed per view and step (BGRL)")
+    edge_drop: float = Field(0.2, ge=0, lt=1, description="share of sampled edges dropped per view and step (BGRL)")
+    center: bool = Field(True, description="subtract the training nodes' mean before normalising refined halves")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = 1e-5
+    ema: float = Field(0.99, ge=0, lt=1, description="target EMA momentum at the start (cosine to 1)")
+    knn_k: int = 200
+    num_workers: int = 2
+    device: str | None = None
+    seed: int = 0
+
+
+def _byol(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    return (2 - 2 * F.cosine_similarity(p, z.detach(), dim=-1)).mean()
+
+
+def _augment(x: torch.Tensor, edge_index: torch.Tensor, weight: torch.Tensor, cfg: RefineConfig, gen: torch.Generator):
+    """Feature-column masking and edge dropping (self loops kept), as in BGRL: without them the two streams
+    of a MoCo checkpoint are near copies and the BYOL task is trivial."""
+    if cfg.feature_mask > 0:
+        x = x * (torch.rand(x.shape[1], generator=gen) >= cfg.feature_mask).to(x.dtype)
+    if cfg.edge_drop > 0:
+        loop = edge_index[0] == edge_index[1]
+        keep = loop | (torch.rand(edge_index.shape[1], generator=gen) >= cfg.edge_drop)
+        weight = torch.where(loop, weight, weight / (1 - cfg.edge_drop))[keep]  # kept edges stand for dropped ones
+        edge_index = edge_index[:, keep]
+    return x, edge_index, weight
+
+
+def _stream_backbones(state: dict[str, Any]) -> tuple[nn.Module, nn.Module | None, BackboneSpec]:
+    spec = BackboneSpec(**state["backbone_spec"])
+    student, _ = build_backbone(spec)
+    student.load_state_dict(state["backbone"])
+    teacher = None
+    if state.get("teacher") is not None:
+        teacher, _ = build_backbone(spec)
+        teacher.load_state_dict(state["teacher"])
+    return student.eval(), teacher, spec
+
+
+def embed_streams(cfg: RefineConfig, device: str, progress: bool, log=print) -> dict[str, Any]:
+    """Student and teacher features of the data (and held-out data), L2-normalised, with labels.
+
+    A checkpoint without a teacher (SimSiam) gives the teacher stream as the same encoder on an augmented
+    view (the MoCo-v2 recipe, seeded), and says so."""
+    state = load_checkpoint(cfg.checkpoint)
+    student, teacher, spec = _stream_backbones(state)
+    plain = evaluation(spec.image_size)
+    if teacher is None:
+        log(f"{cfg.checkpoint}: no teacher (momentum) encoder in this checkpoint (SimSiam?): the teacher stream "
+            "is the same encoder on an augmented view")
+    teacher_tf = plain if teacher is not None else moco_v2(spec.image_size)
+    out: dict[str, Any] = {"teacher": "momentum-encoder" if teacher is not None else "augmented-view"}
+    sources = {"train": open_source(cfg.data)}
+    if cfg.eval_data:
+        sources["eval"] = open_source(cfg.eval_data)
+    kw = {"num_workers": cfg.num_workers, "device": device, "progress": progress, "require_labels": False}
+    for name, src in sources.items():
+        s, y = extract_features(student.to(device), src, plain, **kw)
+        torch.manual_seed(cfg.seed + (0 if name == "train" else 1))
+        t, _ = extract_features((teacher or student).to(device), src, teacher_tf, **kw)
+        out[name] = {"student": s, "teacher": t, "labels": y, "keys": src.keys(), "spec": src.spec}
+    return out
+
+
+def _graphs(streams: dict[str, Any], cfg: RefineConfig) -> dict[str, KnnGraph]:
+    ev = streams.get("eval")
+    return {view: build_knn_graph(streams["train"][view], cfg.k, None if ev is None else ev[view], cfg.heldout_k)
+            for view in ("student", "teacher")}
+
+
+def train_gnn(x: dict[str, torch.Tensor], graphs: dict[str, KnnGraph], cfg: RefineConfig, device: str = "cpu",
+              progress: bool = False) -> tuple[GNNEncoder, list[float]]:
+    """BYOL over two graph views of the same nodes; seeds are training nodes, mini-batches are sampled."""
+    if len(cfg.fanouts) != cfg.layers:
+        raise ValueError(f"fanouts {cfg.fanouts} must give one value per layer ({cfg.layers})")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    dim = x["student"].shape[1]
+    online = GNNEncoder(dim, cfg.hidden, cfg.layers, cfg.conv).to(device)
+    h = cfg.hidden
+    predictor = nn.Sequential(nn.Linear(h, h), nn.PReLU(h), nn.Linear(h, h)).to(device)
+    target = copy.deepcopy(online).requires_grad_(False)
+    params = [*online.parameters(), *predictor.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    norms = {v: gcn_norm_parts(g) for v, g in graphs.items()}
+    n_train = graphs["student"].num_train
+    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+    total, step, losses = cfg.epochs * steps_per_epoch, 0, []
+    bar = tqdm(total=total, desc="refine", disable=not progress)
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(n_train, generator=gen)
+        epoch_loss = 0.0
+        for b in range(steps_per_epoch):
+            seeds = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            z, y = {}, {}
+            for view, g in graphs.items():
+                sub = sample_subgraph(g, seeds, cfg.fanouts, norms[view], gen)
+                feats, ei, w = x[view][sub.n_id], sub.edge_index, sub.edge_weight
+                with torch.no_grad():  # the target sees the graph as it is
+                    y[view] = target(feats.to(device), ei.to(device), w.to(device))[: len(seeds)]
+                feats, ei, w = _augment(feats, ei, w, cfg, gen)  # the online branch a perturbed copy (BGRL)
+                z[view] = online(feats.to(device), ei.to(device), w.to(device))[: len(seeds)]
+            loss = _byol(predictor(z["student"]), y["teacher"]) + _byol(predictor(z["teacher"]), y["student"])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tau = 1 - (1 - cfg.ema) * (math.cos(math.pi * step / total) + 1) / 2
+            with torch.no_grad():
+                for pt, po in zip(target.parameters(), online.parameters()):
+                    pt.mul_(tau).add_(po.detach(), alpha=1 - tau)
+            step += 1
+            epoch_loss += loss.item()
+            bar.update(1)
+            bar.set_postfix(loss=f"{epoch_loss / (b + 1):.4f}")
+        losses.append(epoch_loss / steps_per_epoch)
+    bar.close()
+    return online, losses
+
+
+def refined_embeddings(online: GNNEncoder, x: dict[str, torch.Tensor], graphs: dict[str, KnnGraph],
+                       device: str = "cpu", center: bool = True) -> torch.Tensor:
+    """Concatenation of the online encodings of every node in both graphs, each half L2-normalised.
+
+    With ``center`` the training nodes' mean is subtracted first: PReLU + jumping-knowledge max outputs
+    share a large common component that squeezes every cosine towards 1 (and would trip a near-duplicate
+    threshold when mining); the mean is taken over training nodes only."""
+    halves = []
+    for v, g in graphs.items():
+        h = online.encode_all(g, x[v], gcn_norm_parts(g), device=device)
+        if center:
+            h = h - h[: g.num_train].mean(0)
+        halves.append(F.normalize(h, dim=1))
+    return torch.cat(halves, 1)
+
+
+def _save(out: Path, stem: str, x: torch.Tensor, keys: list[str]) -> None:
+    """Atomic .npy + sibling keys file (one key per line, same order)."""
+    tmp = out / f".{stem}.npy.tmp"
+    with open(tmp, "wb") as f:
+        np.save(f, x.numpy().astype(np.float32))
+    os.replace(tmp, out / f"{stem}.npy")
+    tmpk = out / f".{stem}.keys.txt.tmp"
+    tmpk.write_text("".join(k + "\n" for k in keys), encoding="utf-8")
+    os.replace(tmpk, out / f"{stem}.keys.txt")
+
+
+def _knn(train_f, train_y, test_f, test_y, k: int) -> float | None:
+    if (train_y < 0).any() or (test_y < 0).any():
+        return None
+    return round(knn_top1(train_f, train_y, test_f, test_y, k=k), 2)
+
+
+def refine(cfg: RefineConfig, progress: bool = True, log=print) -> dict[str, Any]:
+    """The whole phase: embed both streams, build the graphs, train the GNN, write embeddings and a report."""
+    t0 = time.time()
+    device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    streams = embed_streams(cfg, device, progress, log)
+    tr, ev = streams["train"], streams.get("eval")
+    graphs = _graphs(streams, cfg)
+    for view, g in graphs.items():
+        if g.num_edges == 0:
+            raise GraphError(f"the {view} graph has no edges")
+    x = {v: torch.cat([tr[v]] + ([ev[v]] if ev else [])) for v in ("student", "teacher")}
+    online, losses = train_gnn(x, graphs, cfg, device, progress)
+    refined = refined_embeddings(online, x, graphs, device, cfg.center)
+    n = len(tr["keys"])
+    _save(cfg.out, "refined", refined[:n], tr["keys"])
+    _save(cfg.out, "raw", tr["student"], tr["keys"])
+    report: dict[str, Any] = {
+        "checkpoint": str(cfg.checkpoint), "data": cfg.data, "eval_data": cfg.eval_data, "teacher_stream": streams["teacher"],
+        "nodes": graphs["student"].num_nodes, "train_nodes": n,
+        "edges": {v: g.num_edges for v, g in graphs.items()}, "losses": [round(v, 5) for v in losses],
+        "config": json.loads(cfg.model_dump_json()),
+    }
+    if ev is not None:
+        _save(cfg.out, "refined-eval", refined[n:], ev["keys"])
+        _save(cfg.out, "raw-eval", ev["student"], ev["keys"])
+        both = torch.cat([F.normalize(torch.cat([s["student"], s["teacher"]], 1), dim=1) for s in (tr, ev)])
+        report["knn_top1"] = {
+            "raw_student": _knn(tr["student"], tr["labels"], ev["student"], ev["labels"], cfg.knn_k),
+            "raw_both_streams": _knn(both[:n], tr["labels"], both[n:], ev["labels"], cfg.knn_k),
+            "refined": _knn(refined[:n], tr["labels"], refined[n:], ev["labels"], cfg.knn_k),
+        }
+    torch.save({k: v.cpu() for k, v in online.state_dict().items()}, cfg.out / "gnn.pt")
+    report["seconds"] = round(time.time() - t0, 1)
+    tmp = cfg.out / ".report.json.tmp"
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, cfg.out / "report.json")
+    return report
