@@ -10,6 +10,8 @@
 
     python bench/refine.py --part scale --sizes 25000,50000
     python bench/refine.py --part quality --checkpoint /tmp/sp-quality/seed0/baseline/checkpoint.pt
+    python bench/refine.py --part quality --checkpoint QS/runs/baseline/checkpoint.pt --epochs 10 --batch-size 128 \
+        --data imagefolder:digits/train --eval-data imagefolder:digits/test --out bench/out/refine-quality-digits.json
 """
 
 from __future__ import annotations
@@ -105,16 +107,17 @@ def part_quality(args) -> dict:
     from training.refine import RefineConfig, refine
 
     work = Path(args.workdir)
-    test_dir = extract_cifar("test", work)
     train_src = args.data or f"imagefolder:{work / f'train-{args.train_images}'}"
-    cfg = RefineConfig(checkpoint=Path(args.checkpoint), data=train_src, eval_data=f"imagefolder:{test_dir}",
-                       out=work / "refined", k=args.k, epochs=args.epochs, conv=args.conv, num_workers=args.workers)
+    eval_src = args.eval_data or f"imagefolder:{extract_cifar('test', work)}"
+    cfg = RefineConfig(checkpoint=Path(args.checkpoint), data=train_src, eval_data=eval_src, out=work / f"refined-{args.conv}",
+                       k=args.k, epochs=args.epochs, conv=args.conv, num_workers=args.workers, batch_size=args.batch_size)
     report = refine(cfg, progress=False)
     from semipairs.sources import open_source
 
     labels = np.asarray(open_source(train_src).labels())
     coverages = [0.1, 0.2, 0.3]
-    return {"checkpoint": args.checkpoint, "data": train_src, "k": args.k, "conv": args.conv, "epochs": args.epochs,
+    return {"checkpoint": args.checkpoint, "data": train_src, "eval_data": eval_src, "k": args.k, "conv": args.conv,
+            "epochs": args.epochs,
             "knn_top1": report["knn_top1"], "losses": report["losses"], "seconds": report["seconds"],
             "pairs_raw": _precision_at_coverage(np.load(cfg.out / "raw.npy"), labels, coverages),
             "pairs_refined": _precision_at_coverage(np.load(cfg.out / "refined.npy"), labels, coverages)}
@@ -127,10 +130,12 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--checkpoint", default="/tmp/sp-quality/seed0/baseline/checkpoint.pt")
     ap.add_argument("--data", default=None, help="training source (default: bench/quality.py's 20,000-image subset)")
+    ap.add_argument("--eval-data", default=None, help="held-out source (default: the CIFAR-10 test split)")
+    ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--train-images", type=int, default=20000)
     ap.add_argument("--workdir", default="/tmp/sp-quality")
     ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--conv", default="gcn")
+    ap.add_argument("--conv", default="sage")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()

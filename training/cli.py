@@ -14,7 +14,7 @@ TRAIN_EXAMPLE = ("Example: semipairs train --method moco --data cifar10:data --p
 EVAL_EXAMPLE = ("Example: semipairs eval --checkpoint runs/moco/checkpoint.pt --train cifar10:data --test cifar10:data:test "
                 "--linear")
 REFINE_EXAMPLE = ("Example: semipairs refine --checkpoint runs/moco/checkpoint.pt --data cifar10:data "
-                  "--eval-data cifar10:data:test --k 10 --conv gcn --epochs 10 --out refined/moco")
+                  "--eval-data cifar10:data:test --k 10 --conv sage --epochs 10 --out refined/moco")
 
 
 def train_command(
@@ -109,7 +109,7 @@ def refine_command(
     eval_data: str | None = typer.Option(None, help="Held-out source: nodes linked to their nearest training nodes."),
     k: int = typer.Option(10, min=1, help="Neighbours per node in each kNN graph (symmetrised)."),
     layers: int = typer.Option(2, min=1, help="GNN layers (hops)."),
-    conv: str = typer.Option("gcn", help="gcn, sage or gat."),
+    conv: str = typer.Option("sage", help="sage (default), gcn or gat."),
     epochs: int = typer.Option(10, min=1, help="Epochs over the training nodes."),
     batch_size: int = typer.Option(512, min=2, help="Seed nodes per mini-batch."),
     hidden: int = typer.Option(256, min=8, help="GNN width."),

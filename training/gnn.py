@@ -79,9 +79,11 @@ def sample_subgraph(graph: KnnGraph, seeds: torch.Tensor, fanouts: list[int | No
 
 
 class GNNEncoder(nn.Module):
-    """``layers`` graph convolutions, PReLU after each, jumping-knowledge max over the layer outputs."""
+    """``layers`` graph convolutions, PReLU after each, jumping-knowledge max over the layer outputs (and,
+    with ``skip``, over a projection of the node's own features)."""
 
-    def __init__(self, in_dim: int, hidden: int = 256, layers: int = 2, conv: str = "gcn", heads: int = 4) -> None:
+    def __init__(self, in_dim: int, hidden: int = 256, layers: int = 2, conv: str = "gcn", heads: int = 4,
+                 skip: bool = True) -> None:
         super().__init__()
         from torch_geometric.nn import GATConv, GCNConv, SAGEConv
 
@@ -100,6 +102,9 @@ class GNNEncoder(nn.Module):
             else:
                 self.convs.append(GATConv(d, hidden // heads, heads=heads, add_self_loops=False))
         self.acts = nn.ModuleList(nn.PReLU(hidden) for _ in range(layers))
+        # The node's own (projected) features join the jumping-knowledge max, so a node whose neighbours
+        # are poor keeps its own signal: GCN mixes self and neighbours in one normalised sum.
+        self.skip = nn.Sequential(nn.Linear(in_dim, hidden), nn.PReLU(hidden)) if skip else None
 
     def layer(self, i: int, x: torch.Tensor, edge_index: torch.Tensor, edge_weight: torch.Tensor) -> torch.Tensor:
         conv = self.convs[i]
@@ -107,20 +112,22 @@ class GNNEncoder(nn.Module):
         return self.acts[i](h)
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor, edge_weight: torch.Tensor) -> torch.Tensor:
-        out = None
+        out = None if self.skip is None else self.skip(x)
         for i in range(len(self.convs)):
             x = self.layer(i, x, edge_index, edge_weight)
             out = x if out is None else torch.maximum(out, x)  # jumping knowledge: max over layers
         return out
 
     @torch.no_grad()
-    def encode_all(self, graph: KnnGraph, x: torch.Tensor, inv_sqrt_deg: torch.Tensor, chunk: int = 65_536,
+    def encode_all(self, graph: KnnGraph, x: torch.Tensor, inv_sqrt_deg: torch.Tensor, chunk: int = 16_384,
                    device: str = "cpu") -> torch.Tensor:
         """Every node's output, layer by layer over target chunks with their full in-neighbourhoods:
         memory O(N * hidden + chunk * degree), never the whole graph's messages at once."""
         was = self.training
         self.eval()
         out = None
+        if self.skip is not None:
+            out = torch.cat([self.skip(x[s:s + chunk].to(device)).float().cpu() for s in range(0, len(x), chunk)])
         for i in range(len(self.convs)):
             nxt = None
             for s in range(0, graph.num_nodes, chunk):
