@@ -14,6 +14,7 @@ from pathlib import Path
 from semipairs.errors import SemipairsError, StoreError
 from semipairs.manifest import MANIFEST_NAME, Manifest, read_manifest
 
+_TRANSPORT_MODULES = ("httpx2", "httpx", "httpcore", "httpcore2", "requests", "urllib3")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _HUB_ID = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[^\s@]+))?$")
 
@@ -24,7 +25,6 @@ def parse_hub_id(uri: str) -> tuple[str, str | None]:
     if not m:
         raise StoreError(f"{uri!r} is not a Hub id: use hf://OWNER/NAME or hf://OWNER/NAME@REVISION (tag, branch, commit)")
     return m["repo"], m["rev"]
-
 
 
 def download(uri: str) -> Path:
@@ -52,7 +52,11 @@ def download(uri: str) -> Path:
         raise StoreError(f"{uri}: not in the local Hugging Face cache and the Hub cannot be reached (HF_HUB_OFFLINE?)") from None
     except HfHubHTTPError as exc:
         raise StoreError(f"{uri}: the Hub refused the download (HTTP {exc.response.status_code})") from None
-    except Exception as exc:  # transport errors (connection reset, body cut short) come from httpx, not huggingface_hub
+    except Exception as exc:
+        # Transport errors (connection reset, body cut short) come from the HTTP client huggingface_hub
+        # uses (httpx2, httpx or requests by version), not from huggingface_hub; anything else is a bug.
+        if not isinstance(exc, OSError) and type(exc).__module__.split(".")[0] not in _TRANSPORT_MODULES:
+            raise
         raise StoreError(
             f"{uri}: download failed part way ({type(exc).__name__}); nothing partial was kept as a dataset, "
             "run again to resume") from None
@@ -118,7 +122,12 @@ def push(path: str | Path, repo_id: str, *, private: bool = False, tag: bool = T
         candidates += [b.name for b in refs.branches if b.name == "main"]
         for rev in candidates:
             remote = _remote_manifest(api, repo_id, rev)
+            if remote is not None and remote.name != m.name:
+                raise StoreError(f"{repo_id} holds the pair dataset {remote.name!r}, not {m.name!r}: one repo per dataset")
             if remote is None or remote.name != m.name or remote.version != m.version:
+                if rev == tag_name and tag:  # the tag we would create already names other content
+                    held = "no semipairs dataset" if remote is None else f"{remote.name} {remote.version}"
+                    raise StoreError(f"{repo_id}: tag {tag_name} already exists and holds {held}, not {m.version}")
                 continue
             if remote.content_hash != m.content_hash:
                 raise StoreError(

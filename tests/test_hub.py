@@ -97,6 +97,8 @@ def test_repush_with_other_content_is_refused(hub, tmp_path: Path) -> None:
     assert cli(hub, "push", str(digits_version(tmp_path, "dig", "1.0.0")), "me/dig").returncode == 0
     r = cli(hub, "push", str(digits_version(tmp_path, "dig", "1.0.0", step=3)), "me/dig")
     assert r.returncode == 2 and "version 1.0.0 is already on the Hub" in r.stderr and "new version" in r.stderr
+    r = cli(hub, "push", str(digits_version(tmp_path, "other", "1.0.0", step=5)), "me/dig")
+    assert r.returncode == 2 and "me/dig holds the pair dataset 'dig', not 'other': one repo per dataset" in r.stderr
     assert len(hub.state.repos[("dataset", "me/dig")].commits) == 2  # nothing was uploaded
 
 
