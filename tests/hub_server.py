@@ -115,6 +115,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._error(404, "RevisionNotFound", f"Invalid rev id: {unquote(rev)}", head=head)
         return oid
 
+    def _at(self, rtype: str, repo_id: str, rev: str, head: bool = False) -> tuple[Repo, str] | None:
+        """(repo, commit) of ``rev``, or None after answering 404 for the repo or the revision."""
+        repo = self._repo(rtype, repo_id, head=head)
+        oid = None if repo is None else self._commit(repo, rev, head=head)
+        return None if oid is None else (repo, oid)
+
     # -- routes ---------------------------------------------------------------------------------
     def do_HEAD(self) -> None:
         self._dispatch("HEAD")
@@ -240,12 +246,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._json({"commitUrl": f"http://{host}/{t}s/{repo}/commit/{oid}", "commitOid": oid, "success": True})
 
     def _tag(self, query, head, t, repo, rev) -> None:
-        r = self._repo(t, repo)
-        if r is None:
+        found = self._at(t, repo, rev)
+        if found is None:
             return
-        oid = self._commit(r, rev)
-        if oid is None:
-            return
+        r, oid = found
         tag = json.loads(self._body())["tag"]
         if tag in r.tags:
             self._error(409, None, f"Tag {tag} already exists")
@@ -278,12 +282,10 @@ class _Handler(BaseHTTPRequestHandler):
         return out
 
     def _tree(self, query, head, t, repo, rev, sub=None) -> None:
-        r = self._repo(t, repo)
-        if r is None:
+        found = self._at(t, repo, rev)
+        if found is None:
             return
-        oid = self._commit(r, rev)
-        if oid is None:
-            return
+        r, oid = found
         sub = unquote(sub or "")
         files = r.commits[oid]
         if sub and not any(p == sub or p.startswith(sub.rstrip("/") + "/") for p in files):
@@ -293,12 +295,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(self._entries(files, sub, recursive))
 
     def _paths_info(self, query, head, t, repo, rev) -> None:
-        r = self._repo(t, repo)
-        if r is None:
+        found = self._at(t, repo, rev)
+        if found is None:
             return
-        oid = self._commit(r, rev)
-        if oid is None:
-            return
+        r, oid = found
         body = self._body().decode()
         form = parse_qs(body) if "json" not in (self.headers.get("Content-Type") or "") else json.loads(body)
         files = r.commits[oid]
@@ -312,23 +312,19 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(out)
 
     def _info(self, query, head, t, repo, rev="main") -> None:
-        r = self._repo(t, repo)
-        if r is None:
+        found = self._at(t, repo, rev)
+        if found is None:
             return
-        oid = self._commit(r, rev)
-        if oid is None:
-            return
+        r, oid = found
         self._json({"id": repo, "sha": oid, "private": r.private, "lastModified": "2026-11-22T00:00:00.000Z",
                     "siblings": [{"rfilename": p} for p in sorted(r.commits[oid])], "tags": [], "disabled": False,
                     "gated": False})
 
     def _resolve(self, query, head, t, repo, rev, file) -> None:
-        r = self._repo(t, repo, head=head)
-        if r is None:
+        found = self._at(t, repo, rev, head=head)
+        if found is None:
             return
-        oid = self._commit(r, rev, head=head)
-        if oid is None:
-            return
+        r, oid = found
         file = unquote(file)
         data = r.commits[oid].get(file)
         if data is None:

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -186,15 +187,21 @@ def refined_embeddings(online: GNNEncoder, x: dict[str, torch.Tensor], graphs: d
     return torch.cat(halves, 1)
 
 
-def _save(out: Path, stem: str, x: torch.Tensor, keys: list[str]) -> None:
-    """Atomic .npy + sibling keys file (one key per line, same order)."""
-    tmp = out / f".{stem}.npy.tmp"
+@contextmanager
+def _atomic(path: Path):
+    """Write to a hidden temp file beside ``path``, rename over it only when the write finished."""
+    tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
+        yield f
+    os.replace(tmp, path)
+
+
+def _save(out: Path, stem: str, x: torch.Tensor, keys: list[str]) -> None:
+    """.npy + sibling keys file (one key per line, same order), each written atomically."""
+    with _atomic(out / f"{stem}.npy") as f:
         np.save(f, x.numpy().astype(np.float32))
-    os.replace(tmp, out / f"{stem}.npy")
-    tmpk = out / f".{stem}.keys.txt.tmp"
-    tmpk.write_text("".join(k + "\n" for k in keys), encoding="utf-8")
-    os.replace(tmpk, out / f"{stem}.keys.txt")
+    with _atomic(out / f"{stem}.keys.txt") as f:
+        f.write("".join(k + "\n" for k in keys).encode("utf-8"))
 
 
 def _knn(train_f, train_y, test_f, test_y, k: int) -> float | None:
@@ -237,7 +244,6 @@ def refine(cfg: RefineConfig, progress: bool = True, log=print) -> dict[str, Any
         }
     torch.save({k: v.cpu() for k, v in online.state_dict().items()}, cfg.out / "gnn.pt")
     report["seconds"] = round(time.time() - t0, 1)
-    tmp = cfg.out / ".report.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, cfg.out / "report.json")
+    with _atomic(cfg.out / "report.json") as f:
+        f.write(json.dumps(report, indent=2).encode())
     return report
