@@ -45,13 +45,17 @@ def backbone_checkpoint(model: nn.Module, spec: BackboneSpec, **extra: Any) -> d
             "backbone": backbone_state(model), **extra}
 
 
-def load_backbone(path: str | Path) -> tuple[nn.Module, BackboneSpec, int]:
-    """The backbone of a checkpoint, in eval mode: (model, spec, feature dim)."""
-    state = load_checkpoint(path)
+def backbone_from_state(state: dict[str, Any], key: str = "backbone") -> tuple[nn.Module, BackboneSpec, int]:
+    """The backbone stored under ``key`` (``backbone`` or MoCo's ``teacher``) of a loaded checkpoint, in eval mode."""
     spec = BackboneSpec(**state["backbone_spec"])
     model, dim = build_backbone(spec)
-    model.load_state_dict(state["backbone"])
+    model.load_state_dict(state[key])
     return model.eval(), spec, dim
+
+
+def load_backbone(path: str | Path) -> tuple[nn.Module, BackboneSpec, int]:
+    """The backbone of a checkpoint, in eval mode: (model, spec, feature dim)."""
+    return backbone_from_state(load_checkpoint(path))
 
 
 def rng_state() -> dict:

@@ -131,7 +131,7 @@ def refine_command(
     try:
         cfg = RefineConfig(checkpoint=checkpoint, data=data, eval_data=eval_data, k=k, layers=layers, conv=conv,
                            epochs=epochs, batch_size=batch_size, hidden=hidden, num_workers=num_workers, seed=seed,
-                           out=out, fanouts=([15, 10] + [10] * max(0, layers - 2))[:layers])
+                           out=out)
         report = refine(cfg, progress=not as_json, log=lambda m: errc.print(f"note: {m}", highlight=False, soft_wrap=True))
     except ValidationError as exc:
         _fail(ValueError("; ".join(f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())))

@@ -122,17 +122,18 @@ class GNNEncoder(nn.Module):
     def encode_all(self, graph: KnnGraph, x: torch.Tensor, inv_sqrt_deg: torch.Tensor, chunk: int = 16_384,
                    device: str = "cpu") -> torch.Tensor:
         """Every node's output, layer by layer over target chunks with their full in-neighbourhoods:
-        memory O(N * hidden + chunk * degree), never the whole graph's messages at once."""
+        memory O(N * (hidden + degree)), messages of one chunk at a time, never the whole graph's.
+        The chunks' subgraphs are built once and serve every layer."""
         was = self.training
         self.eval()
         out = None
         if self.skip is not None:
             out = torch.cat([self.skip(x[s:s + chunk].to(device)).float().cpu() for s in range(0, len(x), chunk)])
+        chunks = [torch.arange(s, min(s + chunk, graph.num_nodes)) for s in range(0, graph.num_nodes, chunk)]
+        subs = [sample_subgraph(graph, targets, [None], inv_sqrt_deg) for targets in chunks]
         for i in range(len(self.convs)):
             nxt = None
-            for s in range(0, graph.num_nodes, chunk):
-                targets = torch.arange(s, min(s + chunk, graph.num_nodes))
-                sub = sample_subgraph(graph, targets, [None], inv_sqrt_deg)
+            for targets, sub in zip(chunks, subs):
                 h = self.layer(i, x[sub.n_id].to(device), sub.edge_index.to(device), sub.edge_weight.to(device))
                 h = h[: len(targets)].float().cpu()
                 if nxt is None:

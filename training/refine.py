@@ -29,11 +29,10 @@ from tqdm.auto import tqdm
 
 from semipairs.sources import open_source
 from training.augment import evaluation, moco_v2
-from training.backbones import BackboneSpec, build_backbone
-from training.checkpoint import load_checkpoint
+from training.checkpoint import backbone_from_state, load_checkpoint, save_checkpoint
 from training.evaluate import extract_features, knn_top1
 from training.gnn import GNNEncoder, gcn_norm_parts, sample_subgraph
-from training.graphs import GraphError, KnnGraph, build_knn_graph
+from training.graphs import KnnGraph, build_knn_graph
 
 
 class RefineConfig(BaseModel):
@@ -50,7 +49,8 @@ class RefineConfig(BaseModel):
     skip: bool = Field(True, description="the node's own projected features join the jumping-knowledge max")
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(512, ge=2)
-    fanouts: list[int] = Field([15, 10], description="sampled in-edges per node at each hop (one per layer)")
+    fanouts: list[int] | None = Field(None, description="sampled in-edges per node at each hop, one per layer "
+                                      "(default 15, then 10 for every further hop)")
     feature_mask: float = Field(0.2, ge=0, lt=1, description="share of feature columns zeroed per view and step (BGRL)")
     edge_drop: float = Field(0.2, ge=0, lt=1, description="share of sampled edges dropped per view and step (BGRL)")
     center: bool = Field(True, description="subtract the training nodes' mean before normalising refined halves")
@@ -80,24 +80,14 @@ def _augment(x: torch.Tensor, edge_index: torch.Tensor, weight: torch.Tensor, cf
     return x, edge_index, weight
 
 
-def _stream_backbones(state: dict[str, Any]) -> tuple[nn.Module, nn.Module | None, BackboneSpec]:
-    spec = BackboneSpec(**state["backbone_spec"])
-    student, _ = build_backbone(spec)
-    student.load_state_dict(state["backbone"])
-    teacher = None
-    if state.get("teacher") is not None:
-        teacher, _ = build_backbone(spec)
-        teacher.load_state_dict(state["teacher"])
-    return student.eval(), teacher, spec
-
-
 def embed_streams(cfg: RefineConfig, device: str, progress: bool, log=print) -> dict[str, Any]:
     """Student and teacher features of the data (and held-out data), L2-normalised, with labels.
 
     A checkpoint without a teacher (SimSiam) gives the teacher stream as the same encoder on an augmented
     view (the MoCo-v2 recipe, seeded), and says so."""
     state = load_checkpoint(cfg.checkpoint)
-    student, teacher, spec = _stream_backbones(state)
+    student, spec, _ = backbone_from_state(state)
+    teacher = backbone_from_state(state, "teacher")[0] if state.get("teacher") is not None else None
     plain = evaluation(spec.image_size)
     if teacher is None:
         log(f"{cfg.checkpoint}: no teacher (momentum) encoder in this checkpoint (SimSiam?): the teacher stream "
@@ -125,8 +115,9 @@ def _graphs(streams: dict[str, Any], cfg: RefineConfig) -> dict[str, KnnGraph]:
 def train_gnn(x: dict[str, torch.Tensor], graphs: dict[str, KnnGraph], cfg: RefineConfig, device: str = "cpu",
               progress: bool = False) -> tuple[GNNEncoder, list[float]]:
     """BYOL over two graph views of the same nodes; seeds are training nodes, mini-batches are sampled."""
-    if len(cfg.fanouts) != cfg.layers:
-        raise ValueError(f"fanouts {cfg.fanouts} must give one value per layer ({cfg.layers})")
+    fanouts = cfg.fanouts if cfg.fanouts is not None else [15] + [10] * (cfg.layers - 1)
+    if len(fanouts) != cfg.layers:
+        raise ValueError(f"fanouts {fanouts} must give one value per layer ({cfg.layers})")
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     dim = x["student"].shape[1]
@@ -148,7 +139,7 @@ def train_gnn(x: dict[str, torch.Tensor], graphs: dict[str, KnnGraph], cfg: Refi
             seeds = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             z, y = {}, {}
             for view, g in graphs.items():
-                sub = sample_subgraph(g, seeds, cfg.fanouts, norms[view], gen)
+                sub = sample_subgraph(g, seeds, fanouts, norms[view], gen)
                 feats, ei, w = x[view][sub.n_id], sub.edge_index, sub.edge_weight
                 with torch.no_grad():  # the target sees the graph as it is
                     y[view] = target(feats.to(device), ei.to(device), w.to(device))[: len(seeds)]
@@ -217,10 +208,7 @@ def refine(cfg: RefineConfig, progress: bool = True, log=print) -> dict[str, Any
     cfg.out.mkdir(parents=True, exist_ok=True)
     streams = embed_streams(cfg, device, progress, log)
     tr, ev = streams["train"], streams.get("eval")
-    graphs = _graphs(streams, cfg)
-    for view, g in graphs.items():
-        if g.num_edges == 0:
-            raise GraphError(f"the {view} graph has no edges")
+    graphs = _graphs(streams, cfg)  # raises GraphError for empty inputs or k out of range
     x = {v: torch.cat([tr[v]] + ([ev[v]] if ev else [])) for v in ("student", "teacher")}
     online, losses = train_gnn(x, graphs, cfg, device, progress)
     refined = refined_embeddings(online, x, graphs, device, cfg.center)
@@ -242,7 +230,7 @@ def refine(cfg: RefineConfig, progress: bool = True, log=print) -> dict[str, Any
             "raw_both_streams": _knn(both[:n], tr["labels"], both[n:], ev["labels"], cfg.knn_k),
             "refined": _knn(refined[:n], tr["labels"], refined[n:], ev["labels"], cfg.knn_k),
         }
-    torch.save({k: v.cpu() for k, v in online.state_dict().items()}, cfg.out / "gnn.pt")
+    save_checkpoint(cfg.out / "gnn.pt", {k: v.cpu() for k, v in online.state_dict().items()})
     report["seconds"] = round(time.time() - t0, 1)
     with _atomic(cfg.out / "report.json") as f:
         f.write(json.dumps(report, indent=2).encode())
