@@ -23,6 +23,7 @@ from semipairs.errors import SemipairsError
 from semipairs.manifest import EncoderInfo, IndexInfo, MiningInfo
 from semipairs.publish import PublishRequest, publish, version_dir
 from semipairs.sources import open_source
+from semipairs.sources.base import ImageSource
 
 
 class CurateConfig(BaseModel):
@@ -105,6 +106,7 @@ def _audit_hook(root: Path) -> str:
 
 
 def curate(cfg: CurateConfig, progress: bool = True) -> CurateResult:
+    """Embed (or load) -> index -> mine -> publish one immutable version; under torchrun rank 0 publishes."""
     target = version_dir(cfg.store, cfg.name, cfg.version)
     if target.exists():
         raise SemipairsError(f"{target}: version {cfg.version} of {cfg.name!r} already exists; versions are immutable")
@@ -115,11 +117,16 @@ def curate(cfg: CurateConfig, progress: bool = True) -> CurateResult:
     if cfg.mining.k >= n:
         raise SemipairsError(f"k={cfg.mining.k} must be smaller than the number of images ({n})")
 
-    rank = 0
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torch is imported only for a torchrun group
-        from semipairs.torch_data import init_distributed
+        from semipairs.torch_data import distributed
 
-        rank, _ = init_distributed()
+        with distributed() as (rank, _):
+            return _curate(cfg, source, rank, progress)
+    return _curate(cfg, source, 0, progress)
+
+
+def _curate(cfg: CurateConfig, source: ImageSource, rank: int, progress: bool) -> CurateResult:
+    n = len(source)
     keys = source.keys()
     if cfg.embeddings is not None:
         emb = load_embeddings(cfg.embeddings, source)

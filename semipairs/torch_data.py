@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -40,6 +41,22 @@ def init_distributed() -> tuple[int, int]:
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
+
+
+@contextmanager
+def distributed() -> Iterator[tuple[int, int]]:
+    """(rank, world) for a command's body; the group it joined is destroyed on the way out.
+
+    Only a group this call created is destroyed, so a caller that set one up keeps using it. Leaving
+    explicitly matters: a rank that exits with a live gloo group can abort its peer mid-teardown.
+    """
+    created = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized()
+    rank, world = init_distributed()
+    try:
+        yield rank, world
+    finally:
+        if created and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def decode_image(data: bytes) -> Image.Image:

@@ -12,12 +12,14 @@ import torch
 import torch.distributed as dist
 
 import semipairs
+from semipairs.torch_data import init_distributed
 from training.backbones import BackboneSpec, build_backbone
 from training.moco import MoCo
 from training.trainer import TrainConfig, train
 
 
 def main(data: str, pairs: str, out: str) -> None:
+    init_distributed()  # the probe owns the group (train() leaves a group it did not create alone)
     cfg = TrainConfig(method="moco", data=data, pairs=pairs, out=Path(out), epochs=1, batch_size=16, image_size=16,
                       queue_size=64, num_workers=0, seed=0)
     metrics = train(cfg, progress=False)
@@ -48,6 +50,7 @@ def main(data: str, pairs: str, out: str) -> None:
         "steps": len(metrics["epochs"][0]["step_losses"]),
     }))
     dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from semipairs.errors import SemipairsError
 from semipairs.sources import open_source
-from semipairs.torch_data import init_distributed
+from semipairs.torch_data import distributed
 from training.augment import RECIPES, evaluation
 from training.backbones import BackboneSpec, backbone_state, build_backbone
 from training.checkpoint import CHECKPOINT_VERSION, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -98,7 +98,12 @@ def _steps_per_epoch(n: int, batch: int, world: int, readers_per_rank: int) -> i
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
-    rank, world = init_distributed()
+    """Train ``cfg.method`` (resuming from ``cfg.out/checkpoint.pt`` when present); the metrics written."""
+    with distributed() as (rank, world):
+        return _train(cfg, rank, world, progress)
+
+
+def _train(cfg: TrainConfig, rank: int, world: int, progress: bool) -> dict[str, Any]:
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and world > 1:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
