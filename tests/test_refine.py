@@ -113,11 +113,14 @@ def test_refine_cli_writes_embeddings_curate_accepts(checkpoints, cifar_folder: 
     data, held = f"imagefolder:{cifar_folder}", f"imagefolder:{heldout_folder}"
     out = tmp_path / "refined"
     r = CliRunner().invoke(app, ["refine", "--checkpoint", str(checkpoints["moco"]), "--data", data, "--eval-data", held,
-                                 "--k", "5", "--epochs", "2", "--batch-size", "64", "--hidden", "32", "--num-workers", "0",
-                                 "--out", str(out), "--json"])
+                                 "--k", "5", "--heldout-k", "3", "--fanouts", "4,3", "--epochs", "2", "--batch-size", "64",
+                                 "--hidden", "32", "--num-workers", "0", "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert report["teacher_stream"] == "momentum-encoder" and report["nodes"] == 420 and report["train_nodes"] == 300
+    assert report["config"]["fanouts"] == [4, 3] and report["config"]["heldout_k"] == 3
+    # 120 held-out nodes x 3 edges, both directions, on top of the training graph
+    assert report["edges"]["student"] == build_knn_graph(np.load(out / "raw.npy"), 5).num_edges + 2 * 120 * 3
     assert set(report["knn_top1"]) == {"raw_student", "raw_both_streams", "refined"}
     assert all(0 <= v <= 100 for v in report["knn_top1"].values())
     src = open_source(data)
@@ -152,3 +155,7 @@ def test_refine_simsiam_says_it_uses_augmented_views_and_k_errors(checkpoints, c
     r = CliRunner().invoke(app, ["refine", "--checkpoint", str(checkpoints["moco"]), "--data", data, "--k", "300",
                                  "--epochs", "1", "--num-workers", "0", "--out", str(tmp_path / "m")])
     assert r.exit_code == 2 and "k=300 must be at least 1 and below the number of training nodes (300)" in r.output
+    r = CliRunner().invoke(app, ["refine", "--checkpoint", str(checkpoints["moco"]), "--data", data, "--layers", "3",
+                                 "--fanouts", "10,5", "--out", str(tmp_path / "f")])
+    assert r.exit_code == 2 and "fanouts [10, 5] must give one value >= 1 per layer (3 layers)" in r.output
+    assert not (tmp_path / "f").exists()  # refused before any embedding work

@@ -108,6 +108,9 @@ def refine_command(
     data: str = typer.Option(..., help="Source whose images become the training nodes."),
     eval_data: str | None = typer.Option(None, help="Held-out source: nodes linked to their nearest training nodes."),
     k: int = typer.Option(10, min=1, help="Neighbours per node in each kNN graph (symmetrised)."),
+    heldout_k: int | None = typer.Option(None, min=1, help="Edges from each held-out node to training nodes [default: k]."),
+    fanouts: str | None = typer.Option(None, help="Sampled edges per node at each hop, comma-separated, one per layer "
+                                       "[default: 15,10]."),
     layers: int = typer.Option(2, min=1, help="GNN layers (hops)."),
     conv: str = typer.Option("sage", help="sage (default), gcn or gat."),
     epochs: int = typer.Option(10, min=1, help="Epochs over the training nodes."),
@@ -129,12 +132,17 @@ def refine_command(
     from training.refine import RefineConfig, refine
 
     try:
-        cfg = RefineConfig(checkpoint=checkpoint, data=data, eval_data=eval_data, k=k, layers=layers, conv=conv,
-                           epochs=epochs, batch_size=batch_size, hidden=hidden, num_workers=num_workers, seed=seed,
-                           out=out)
+        try:
+            fan = None if fanouts is None else [int(f) for f in fanouts.split(",")]
+        except ValueError:
+            raise ValueError(f"--fanouts {fanouts!r}: give integers separated by commas, such as 15,10") from None
+        cfg = RefineConfig(checkpoint=checkpoint, data=data, eval_data=eval_data, k=k, heldout_k=heldout_k, fanouts=fan,
+                           layers=layers, conv=conv, epochs=epochs, batch_size=batch_size, hidden=hidden,
+                           num_workers=num_workers, seed=seed, out=out)
         report = refine(cfg, progress=not as_json, log=lambda m: errc.print(f"note: {m}", highlight=False, soft_wrap=True))
     except ValidationError as exc:
-        _fail(ValueError("; ".join(f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors())))
+        flag = lambda e: f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: " if e["loc"] else ""  # noqa: E731
+        _fail(ValueError("; ".join(flag(e) + e["msg"].removeprefix("Value error, ") for e in exc.errors())))
     except (SemipairsError, ValueError, FileNotFoundError) as exc:
         _fail(exc)
     if as_json:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -61,6 +61,15 @@ class RefineConfig(BaseModel):
     num_workers: int = 2
     device: str | None = None
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_fanout_per_layer(self) -> RefineConfig:
+        if self.fanouts is not None and (len(self.fanouts) != self.layers or min(self.fanouts) < 1):
+            raise ValueError(f"fanouts {self.fanouts} must give one value >= 1 per layer ({self.layers} layers)")
+        return self
+
+    def resolved_fanouts(self) -> list[int]:
+        return self.fanouts if self.fanouts is not None else [15] + [10] * (self.layers - 1)
 
 
 def _byol(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -115,9 +124,7 @@ def _graphs(streams: dict[str, Any], cfg: RefineConfig) -> dict[str, KnnGraph]:
 def train_gnn(x: dict[str, torch.Tensor], graphs: dict[str, KnnGraph], cfg: RefineConfig, device: str = "cpu",
               progress: bool = False) -> tuple[GNNEncoder, list[float]]:
     """BYOL over two graph views of the same nodes; seeds are training nodes, mini-batches are sampled."""
-    fanouts = cfg.fanouts if cfg.fanouts is not None else [15] + [10] * (cfg.layers - 1)
-    if len(fanouts) != cfg.layers:
-        raise ValueError(f"fanouts {fanouts} must give one value per layer ({cfg.layers})")
+    fanouts = cfg.resolved_fanouts()
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     dim = x["student"].shape[1]
