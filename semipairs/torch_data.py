@@ -50,12 +50,12 @@ def distributed() -> Iterator[tuple[int, int]]:
     Only a group this call created is destroyed, so a caller that set one up keeps using it. Leaving
     explicitly matters: a rank that exits with a live gloo group can abort its peer mid-teardown.
     """
-    created = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized()
-    rank, world = init_distributed()
+    already = torch.distributed.is_initialized()
+    rank, world = init_distributed()  # the one place that decides whether a group is needed
     try:
         yield rank, world
     finally:
-        if created and torch.distributed.is_initialized():
+        if not already and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
