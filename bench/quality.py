@@ -10,6 +10,14 @@ CPU setting (about 30 minutes a seed on a 2-core machine): ResNet-18 (ImageNet s
 
     python bench/quality.py --steps 600 --seeds 0 --out bench/out/quality.json
 
+Precision curve (``--curve 100,90,75,60,45,30``): pairs built from the labels at a controlled precision
+and coverage (``--coverage`` of the images are anchors, each with ``--per-anchor`` positives of its class,
+or, with probability 1 - precision, of another class), packed as a reference-layout dataset and trained
+under the same budget. A test of the pair path only: labels never enter the self-mined path.
+
+    python bench/quality.py --train-images 10000 --steps 600 --curve 100,30 --pair-mode multi --per-anchor 10 \
+        --out bench/out/curve.json --plot docs/precision_curve.png
+
 GPU version (when a GPU is lent), as lightly's CIFAR-10 benchmark: ResNet-18 with the CIFAR stem,
 all 50,000 images, 200 epochs, batch 512:
 
@@ -19,12 +27,15 @@ all 50,000 images, 200 epochs, batch 512:
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np  # noqa: E402
+
 from bench._common import emit, extract_cifar, machine  # noqa: E402
 
 
@@ -54,6 +65,15 @@ def main() -> None:
     ap.add_argument("--pair-encoder", default="ckpt", help="'ckpt' (the baseline's own checkpoint, the protocol) or an "
                     "encoder spec such as pixels, to ask whether more precise pairs help under the same budget")
     ap.add_argument("--reuse-baseline", action="store_true", help="keep an existing baseline run of the same seed")
+    ap.add_argument("--curve", default=None, help="comma-separated pair precisions in percent: label-built pairs")
+    ap.add_argument("--coverage", type=float, default=1.0, help="curve: share of training images that anchor pairs")
+    ap.add_argument("--per-anchor", type=int, default=1, help="curve: positives per anchor")
+    ap.add_argument("--pair-mode", default="extra", help="extra, swap or multi (train --pair-mode)")
+    ap.add_argument("--swap-prob", type=float, default=0.5)
+    ap.add_argument("--pair-weight", type=float, default=1.0)
+    ap.add_argument("--pair-warmup", type=float, default=0.0)
+    ap.add_argument("--test-images", type=int, default=10_000, help="test images scored by kNN (first N per class share)")
+    ap.add_argument("--plot", default=None, help="curve: write the gain-vs-precision plot here (PNG)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -61,7 +81,6 @@ def main() -> None:
     from curation.pipeline import CurateConfig, curate
     from semipairs.dataset import load
     from semipairs.sources import open_source
-    from training.augment import evaluation
     from training.checkpoint import load_backbone
     from training.evaluate import evaluate_backbone
     from training.trainer import TrainConfig, train
@@ -69,6 +88,8 @@ def main() -> None:
     work = Path(args.workdir)
     train_dir = subset(extract_cifar("train", work), work / f"train-{args.train_images}", args.train_images // 10)
     test_dir = extract_cifar("test", work)
+    if args.test_images < 10_000:
+        test_dir = subset(test_dir, work / f"test-{args.test_images}", args.test_images // 10)
     train_src, test_src = f"imagefolder:{train_dir}", f"imagefolder:{test_dir}"
 
     def run(seed: int, name: str, pairs: str | None) -> dict:
@@ -77,12 +98,13 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
         cfg = TrainConfig(method="moco", data=train_src, out=out, pairs=pairs, pair_ratio=args.pair_ratio, epochs=args.epochs,
                           max_steps=args.steps or None, batch_size=args.batch_size, image_size=32, cifar_stem=args.cifar_stem,
-                          num_workers=args.workers, seed=seed)
+                          num_workers=args.workers, seed=seed, pair_mode=args.pair_mode, swap_prob=args.swap_prob,
+                          pair_weight=args.pair_weight, pair_warmup=args.pair_warmup)
         t = time.perf_counter()
         m = train(cfg, progress=True)
         seconds = time.perf_counter() - t
         model, spec, _ = load_backbone(out / "checkpoint.pt")
-        res = evaluate_backbone(model, open_source(train_src), open_source(test_src), evaluation(32),
+        res = evaluate_backbone(model, open_source(train_src), open_source(test_src), 32,
                                 num_workers=args.workers)
         steps = sum(len(e["step_losses"]) for e in m["epochs"])
         return {"knn_top1": round(res.knn_top1, 2), "steps": steps, "epochs": len(m["epochs"]),
@@ -90,6 +112,13 @@ def main() -> None:
                 "train_seconds": round(seconds), "checkpoint": str(out / "checkpoint.pt")}
 
     seeds = [int(s) for s in args.seeds.split(",")]
+    setting = {"train_images": args.train_images, "test_images": args.test_images, "backbone": "resnet18",
+               "cifar_stem": args.cifar_stem, "image_size": 32, "batch_size": args.batch_size, "steps": args.steps,
+               "method": "moco", "pair_mode": args.pair_mode, "swap_prob": args.swap_prob, "pair_weight": args.pair_weight,
+               "pair_warmup": args.pair_warmup, "pair_ratio": args.pair_ratio, "knn": {"k": 200, "temperature": 0.07}}
+    if args.curve:
+        run_curve(args, seeds, run, train_src, work, setting)
+        return
     rows = []
     for seed in seeds:
         base = run(seed, "baseline", None)
@@ -110,14 +139,89 @@ def main() -> None:
                      "gain_points": round(paired["knn_top1"] - base["knn_top1"], 2)})
     emit({
         "benchmark": "quality.cifar10", "machine": machine(),
-        "setting": {"train_images": args.train_images, "test_images": 10_000, "backbone": "resnet18",
-                    "cifar_stem": args.cifar_stem, "image_size": 32, "batch_size": args.batch_size, "steps": args.steps,
-                    "method": "moco", "pair_encoder": args.pair_encoder,
-                    "mining": {"k": args.k, "mutual": True, "min_score_quantile": args.quantile},
-                    "pair_ratio": args.pair_ratio, "knn": {"k": 200, "temperature": 0.07}},
+        "setting": {**setting, "pair_encoder": args.pair_encoder,
+                    "mining": {"k": args.k, "mutual": True, "min_score_quantile": args.quantile}},
         "runs": rows,
         "mean_gain_points": round(sum(r["gain_points"] for r in rows) / len(rows), 2), "target_gain_points": 2.0,
     }, args.out)
+
+
+def label_pairs(labels: list[int], precision: float, coverage: float, per_anchor: int, seed: int) -> tuple:
+    """(anchor rows, positive rows, true share): positives of the anchor's class with probability ``precision``."""
+    rng = np.random.default_rng(seed)
+    y = np.asarray(labels)
+    by_class = {c: np.flatnonzero(y == c) for c in np.unique(y)}
+    anchors = np.repeat(rng.permutation(len(y))[: int(round(coverage * len(y)))], per_anchor)
+    same = rng.random(len(anchors)) < precision
+    positives = np.empty_like(anchors)
+    for i, (a, s) in enumerate(zip(anchors, same)):
+        if s:
+            pool = by_class[y[a]]
+        else:
+            other = rng.choice([c for c in by_class if c != y[a]])
+            pool = by_class[other]
+        p = a
+        while p == a:
+            p = int(rng.choice(pool))
+        positives[i] = p
+    keep = np.unique(np.stack([anchors, positives], 1), axis=0)  # no repeated pair
+    return keep[:, 0], keep[:, 1], float((y[keep[:, 0]] == y[keep[:, 1]]).mean())
+
+
+def run_curve(args, seeds, run, train_src: str, work: Path, setting: dict) -> None:
+    """Baseline and one label-built pair dataset per precision, per seed; the JSON is rewritten after every run."""
+    import pandas as pd
+
+    from semipairs.pack import pack
+    from semipairs.sources import open_source
+
+    src = open_source(train_src)
+    keys, labels = src.keys(), src.labels()
+    result = {"benchmark": "quality.precision_curve", "machine": machine(), "setting": {
+        **setting, "coverage": args.coverage, "per_anchor": args.per_anchor}, "runs": []}
+    for seed in seeds:
+        base = run(seed, "baseline", None)
+        result["runs"].append({"seed": seed, "precision": None, "kind": "baseline", **base})
+        emit_quiet(result, args.out)
+        for pct in [int(p) for p in args.curve.split(",")]:
+            a, p, true = label_pairs(labels, pct / 100, args.coverage, args.per_anchor, seed)
+            csv = work / f"label-pairs-{pct}-seed{seed}.csv"
+            pd.DataFrame({"anchor_key": [keys[i] for i in a], "positive_key": [keys[i] for i in p]}).to_csv(csv, index=False)
+            name = f"label-{pct}-{args.per_anchor}x{args.coverage}-seed{seed}"
+            shutil.rmtree(work / "curve-store" / name, ignore_errors=True)
+            ds = pack(train_src, csv, work / "curve-store", name, "1.0.0", layout="reference", progress=False)
+            res = run(seed, f"curve-{args.pair_mode}-{pct}", str(ds))
+            result["runs"].append({"seed": seed, "precision": round(true, 4), "num_pairs": len(a), "kind": "pairs", **res,
+                                   "gain_points": round(res["knn_top1"] - base["knn_top1"], 2)})
+            emit_quiet(result, args.out)
+    emit(result, args.out)
+    if args.plot:
+        plot_curve(result, args.plot)
+
+
+def emit_quiet(result: dict, out: str | None) -> None:
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def plot_curve(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [(r["precision"] * 100, r["gain_points"]) for r in result["runs"] if r["kind"] == "pairs"]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.scatter(*zip(*pts))
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.axhline(2, color="green", lw=0.8, ls="--", label="target +2")
+    s = result["setting"]
+    ax.set(xlabel="pair precision (%)", ylabel="kNN top-1 gain (points)",
+           title=f"{s['pair_mode']} pairs, {s['steps']} steps, {s['train_images']} images")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from tqdm.auto import tqdm
 
 from curation.encoders import Encoder
 from curation.vectors import EmbeddingError, Embeddings
+from semipairs.atomic import atomic_write
 from semipairs.sources.base import ImageSource, Skipped
 
 
@@ -68,9 +68,8 @@ def _chunk_path(cache: Path, c: int) -> Path:
 
 
 def _write_chunk(path: Path, vectors: np.ndarray, ok: np.ndarray, reasons: dict[int, str]) -> None:
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, vectors=vectors, ok=ok, reasons=np.array(json.dumps(reasons)))
-    os.replace(tmp, path)
+    with atomic_write(path) as f:  # unique temp per writer: two runs sharing a cache never collide
+        np.savez(f, vectors=vectors, ok=ok, reasons=np.array(json.dumps(reasons)))
 
 
 def dist_info() -> tuple[int, int]:

@@ -32,7 +32,6 @@ def next_version(dataset_dir: Path) -> str:
 
 def _knn_heldout(checkpoint: Path, source_spec: str, num_workers: int) -> float | None:
     """kNN top-1 (k=200, T=0.07) on every 5th image, the other four fifths as the memory bank."""
-    from training.augment import evaluation
     from training.checkpoint import load_backbone
     from training.evaluate import extract_features, knn_top1
 
@@ -40,7 +39,7 @@ def _knn_heldout(checkpoint: Path, source_spec: str, num_workers: int) -> float 
     if not src.has_labels:
         return None
     model, spec, _ = load_backbone(checkpoint)
-    feats, labels = extract_features(model, src, evaluation(spec.image_size), num_workers=num_workers)
+    feats, labels = extract_features(model, src, spec.image_size, num_workers=num_workers)
     test = np.arange(len(labels)) % 5 == 0
     return knn_top1(feats[~test], labels[~test], feats[test], labels[test])
 

@@ -32,6 +32,12 @@ def extract_cifar(dest: Path, split: str = "test", classes=CLASSES, per_class: i
     return dest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory) -> None:
+    """Decoded-image caches of the suite go to a temp dir, never to the user's ~/.cache (subprocesses inherit it)."""
+    os.environ["SEMIPAIRS_CACHE"] = str(tmp_path_factory.mktemp("semipairs-cache"))
+
+
 @pytest.fixture(scope="session")
 def cifar_folder(tmp_path_factory) -> Path:
     """300 real CIFAR-10 test JPEGs (3 classes x 100) as an image folder."""

@@ -10,7 +10,8 @@ IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CIFAR = ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))
 
 
-def _stats(size: int) -> tuple:
+def stats_for(size: int) -> tuple:
+    """Normalisation (mean, std): CIFAR's at <= 64 px, ImageNet's above."""
     return CIFAR if size <= 64 else IMAGENET
 
 
@@ -25,18 +26,18 @@ def moco_v2(size: int = 224) -> v2.Compose:
     ]
     if size > 64:
         ops.append(v2.RandomApply([v2.GaussianBlur(kernel_size=2 * (size // 20) + 1, sigma=(0.1, 2.0))], p=0.5))
-    ops += [v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(*_stats(size))]
+    ops += [v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(*stats_for(size))]
     return v2.Compose(ops)
 
 
 def simsiam(size: int = 224) -> v2.Compose:
-    """SimSiam (Chen & He 2021): as MoCo-v2 but jitter strength 0.4/0.4/0.4/0.1 and blur on large images."""
+    """SimSiam (Chen & He 2021) trains with MoCo-v2's recipe (its paper's section 4 augmentations)."""
     return moco_v2(size)
 
 
 def evaluation(size: int = 224) -> v2.Compose:
     resize = [v2.Resize(size, antialias=True), v2.CenterCrop(size)] if size > 64 else [v2.Resize((size, size), antialias=True)]
-    return v2.Compose([v2.ToImage(), *resize, v2.ToDtype(torch.float32, scale=True), v2.Normalize(*_stats(size))])
+    return v2.Compose([v2.ToImage(), *resize, v2.ToDtype(torch.float32, scale=True), v2.Normalize(*stats_for(size))])
 
 
 RECIPES = {"moco": moco_v2, "simsiam": simsiam}

@@ -13,17 +13,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from semipairs.atomic import atomic_write
 from training.backbones import BackboneSpec, backbone_state, build_backbone
 
 CHECKPOINT_VERSION = 1
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Atomic write: temp file then rename."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    """Atomic write (``semipairs.atomic``): a reader never sees half a checkpoint."""
+    with atomic_write(path) as f:
+        torch.save(state, f)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -40,9 +39,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def backbone_checkpoint(model: nn.Module, spec: BackboneSpec, **extra: Any) -> dict[str, Any]:
+def backbone_checkpoint(backbone: nn.Module, spec: BackboneSpec, **extra: Any) -> dict[str, Any]:
+    """The entries every checkpoint holds, plus ``extra`` (a training run adds its model, optimizer, RNG...)."""
     return {"semipairs_checkpoint": CHECKPOINT_VERSION, "backbone_spec": spec.to_dict(),
-            "backbone": backbone_state(model), **extra}
+            "backbone": backbone_state(backbone), **extra}
 
 
 def backbone_from_state(state: dict[str, Any], key: str = "backbone") -> tuple[nn.Module, BackboneSpec, int]:

@@ -13,6 +13,8 @@ TRAIN_EXAMPLE = ("Example: semipairs train --method moco --data cifar10:data --p
                  "(multi-GPU: torchrun --nproc_per_node 8 -m semipairs.cli train ...)")
 EVAL_EXAMPLE = ("Example: semipairs eval --checkpoint runs/moco/checkpoint.pt --train cifar10:data --test cifar10:data:test "
                 "--linear")
+PRECISION_HELP = ("auto (bf16 autocast + channels_last where the CPU has avx512_bf16/AMX or on CUDA, else fp32), "
+                  "fp32 or bf16.")
 REFINE_EXAMPLE = ("Example: semipairs refine --checkpoint runs/moco/checkpoint.pt --data cifar10:data "
                   "--eval-data cifar10:data:test --k 10 --conv sage --epochs 10 --out refined/moco")
 
@@ -36,6 +38,15 @@ def train_command(
     knn_every: int | None = typer.Option(None, help="kNN top-1 every N epochs (0: at the end)."),
     num_workers: int | None = typer.Option(None, help="DataLoader workers (default 2)."),
     device: str | None = typer.Option(None, help="cpu or cuda (default: cuda when present)."),
+    precision: str | None = typer.Option(None, help=PRECISION_HELP),
+    decode_budget_gb: float | None = typer.Option(None, help="Decode the images once into a memory-mapped array when they "
+                                                  "fit this many GB (default: a quarter of RAM; 0: always stream)."),
+    pair_mode: str | None = typer.Option(None, help="How pairs join: extra (SePP-ID extra samples, default) or swap (a "
+                                         "partner's view replaces an image's key view with --swap-prob)."),
+    swap_prob: float | None = typer.Option(None, help="swap mode: chance an image with partners takes one (default 0.5)."),
+    pair_weight: float | None = typer.Option(None, help="Loss weight of pair samples (default 1.0)."),
+    pair_warmup: float | None = typer.Option(None, help="Share of the step budget before pairs join (default 0)."),
+    max_steps: int | None = typer.Option(None, help="Optimizer steps in all; the schedule spans them."),
     compile: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
     seed: int | None = typer.Option(None, help="Seed."),
     out: Path | None = typer.Option(None, help="Run directory: checkpoint.pt, metrics.json, config.yaml."),
@@ -53,8 +64,9 @@ def train_command(
     raw = yaml.safe_load(config.read_text()) if config else {}
     flags = dict(method=method, data=data, pairs=pairs, pair_ratio=pair_ratio, epochs=epochs, batch_size=batch_size,
                  backbone=backbone, cifar_stem=cifar_stem, image_size=image_size, lr=lr, reco=reco, eval_train=eval_train,
-                 eval_test=eval_test, knn_every=knn_every, num_workers=num_workers, device=device, compile=compile, seed=seed,
-                 out=out)
+                 eval_test=eval_test, knn_every=knn_every, num_workers=num_workers, device=device, precision=precision,
+                 decode_budget_gb=decode_budget_gb, pair_mode=pair_mode, swap_prob=swap_prob, pair_weight=pair_weight,
+                 pair_warmup=pair_warmup, max_steps=max_steps, compile=compile, seed=seed, out=out)
     raw.update({k: v for k, v in flags.items() if v is not None})
     try:
         cfg = TrainConfig.model_validate(raw)
@@ -76,7 +88,8 @@ def eval_command(
     test_src: str = typer.Option(..., "--test", help="Labelled source to score."),
     linear: bool = typer.Option(False, "--linear", help="Also train a linear probe."),
     k: int = typer.Option(200, help="kNN neighbours."),
-    num_workers: int = typer.Option(2, help="DataLoader workers."),
+    num_workers: int = typer.Option(2, help="DataLoader workers / decode threads."),
+    precision: str = typer.Option("auto", help=PRECISION_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """kNN (k=200, T=0.07) and optional linear-probe top-1 of a checkpoint's backbone."""
@@ -85,16 +98,17 @@ def eval_command(
     from semipairs.cli import _fail
     from semipairs.cli import out as console
     from semipairs.errors import SemipairsError
+    from semipairs.precision import resolve_precision
     from semipairs.sources import open_source
-    from training.augment import evaluation
     from training.checkpoint import load_backbone
     from training.evaluate import evaluate_backbone
 
     try:
         model, spec, _ = load_backbone(checkpoint)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        res = evaluate_backbone(model.to(device), open_source(train_src), open_source(test_src), evaluation(spec.image_size),
-                                linear=linear, k=k, num_workers=num_workers, device=device, progress=not as_json)
+        res = evaluate_backbone(model.to(device), open_source(train_src), open_source(test_src), spec.image_size,
+                                linear=linear, k=k, num_workers=num_workers, device=device,
+                                precision=resolve_precision(precision, device), progress=not as_json)
     except (SemipairsError, ValueError, FileNotFoundError) as exc:
         _fail(exc)
     if as_json:
@@ -117,6 +131,7 @@ def refine_command(
     batch_size: int = typer.Option(512, min=2, help="Seed nodes per mini-batch."),
     hidden: int = typer.Option(256, min=8, help="GNN width."),
     num_workers: int = typer.Option(2, min=0, help="DataLoader decode workers for embedding."),
+    precision: str = typer.Option("auto", help=PRECISION_HELP),
     seed: int = typer.Option(0, help="Seed."),
     out: Path = typer.Option(..., help="Output dir: refined.npy (+ .keys.txt), refined-eval.npy, report.json."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
@@ -138,7 +153,7 @@ def refine_command(
             raise ValueError(f"--fanouts {fanouts!r}: give integers separated by commas, such as 15,10") from None
         cfg = RefineConfig(checkpoint=checkpoint, data=data, eval_data=eval_data, k=k, heldout_k=heldout_k, fanouts=fan,
                            layers=layers, conv=conv, epochs=epochs, batch_size=batch_size, hidden=hidden,
-                           num_workers=num_workers, seed=seed, out=out)
+                           num_workers=num_workers, precision=precision, seed=seed, out=out)
         report = refine(cfg, progress=not as_json, log=lambda m: errc.print(f"note: {m}", highlight=False, soft_wrap=True))
     except ValidationError as exc:
         flag = lambda e: f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: " if e["loc"] else ""  # noqa: E731

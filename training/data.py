@@ -4,8 +4,8 @@ view of the anchor and a view of its positive (SePP-ID). ``pair_ratio`` sets the
 Pairs come from the dataset's shards (embedded layout) or are resolved by key against ``--data``
 (reference layout). Every reader yields the same quota of pairs per epoch (cycling its shards if it
 holds fewer), so DDP ranks never wait on each other at a collective. Work is split over DDP ranks and
-DataLoader workers like ``to_torch``; every sample says where it came from (``kind`` 0 = same image,
-1 = pair; ``index`` = source index or pair id).
+DataLoader workers like ``to_torch``; every sample says where it came from (``kind`` SAME_IMAGE or PAIR,
+``index`` = source index or pair id). This is the streaming path; ``batches.py`` is the decoded one.
 """
 
 from __future__ import annotations
@@ -20,24 +20,32 @@ from torch.utils.data import IterableDataset
 from semipairs.dataset import PairDataset
 from semipairs.sources.base import ImageSource
 from semipairs.torch_data import decode_image, reader_slot
+from training.batches import PAIR, SAME_IMAGE
 
 View = Callable[[Any], torch.Tensor]
 
 
+def check_pair_keys(pairs: PairDataset, source: ImageSource) -> None:
+    """A reference-layout pair dataset must name only keys of ``source`` (embedded pairs carry their images)."""
+    if pairs.manifest.layout != "reference":
+        return
+    known = source.index_of()
+    missing = [k for k in pairs.table["anchor_key"].tolist() + pairs.table["positive_key"].tolist() if k not in known]
+    if missing:
+        raise ValueError(f"pairs {pairs.path} name keys absent from {source.spec}: {missing[:5]}")
+
+
 class SePPViews(IterableDataset):
     def __init__(self, source: ImageSource, view: View, pairs: PairDataset | None = None, pair_ratio: float = 1.0,
-                 seed: int = 0, view_pair: View | None = None) -> None:
+                 seed: int = 0) -> None:
         super().__init__()
         if not 0.0 <= pair_ratio <= 1.0:
             raise ValueError(f"pair_ratio must be within [0, 1], got {pair_ratio}")
-        self.source, self.view, self.view_pair = source, view, view_pair or view
+        self.source, self.view = source, view
         self.pairs, self.pair_ratio, self.seed, self.epoch = pairs, pair_ratio, seed, 0
         self.num_pairs = int(round(len(pairs) * pair_ratio)) if pairs is not None else 0
-        if pairs is not None and pairs.manifest.layout == "reference":
-            known = source.index_of()
-            missing = [k for k in pairs.table["anchor_key"].tolist() + pairs.table["positive_key"].tolist() if k not in known]
-            if missing:
-                raise ValueError(f"pairs {pairs.path} name keys absent from {source.spec}: {missing[:5]}")
+        if pairs is not None:
+            check_pair_keys(pairs, source)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -81,7 +89,7 @@ class SePPViews(IterableDataset):
                     n_pair = 0
                     continue
                 a, p, pid = item
-                yield self.view(a), self.view_pair(p), {"kind": 1, "index": pid}
+                yield self.view(a), self.view(p), {"kind": PAIR, "index": pid}
             else:
                 i = int(order[s])
                 s += 1
@@ -89,4 +97,4 @@ class SePPViews(IterableDataset):
                     img = self.source.read(i).image()
                 except Exception:  # noqa: BLE001 - an unreadable image is skipped, as everywhere
                     continue
-                yield self.view(img), self.view(img), {"kind": 0, "index": i}
+                yield self.view(img), self.view(img), {"kind": SAME_IMAGE, "index": i}

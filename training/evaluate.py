@@ -3,24 +3,28 @@ and a linear probe. Both report top-1 in percent."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from semipairs.decoded import DecodedImages, decode_source
+from semipairs.precision import Precision, resolve_precision
 from semipairs.sources.base import ImageSource
+from training.augment import evaluation, moco_v2, stats_for
+from training.batch_augment import BatchRecipe
 
 
 class _Labelled(Dataset):
     def __init__(self, source: ImageSource, transform, require_labels: bool = True) -> None:
         self.source, self.transform = source, transform
-        labels = source.labels()
-        if require_labels and any(lab is None for lab in labels):
-            raise ValueError(f"{source.spec}: evaluation needs labels for every image")
-        self.labels = [-1 if lab is None else lab for lab in labels]
+        self.labels = _labels(source, require_labels).tolist()
 
     def __len__(self) -> int:
         return len(self.source)
@@ -29,22 +33,55 @@ class _Labelled(Dataset):
         return self.transform(self.source.read(i).image()), self.labels[i]
 
 
+def _labels(source: ImageSource, require: bool) -> torch.Tensor:
+    labels = source.labels()
+    if require and any(lab is None for lab in labels):
+        raise ValueError(f"{source.spec}: evaluation needs labels for every image")
+    return torch.tensor([-1 if lab is None else lab for lab in labels], dtype=torch.long)
+
+
+def _decoded_batches(decoded: DecodedImages, image_size: int, batch_size: int, augment: BatchRecipe | None,
+                     generator: torch.Generator) -> Iterator[torch.Tensor]:
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in stats_for(image_size))
+    for s in range(0, len(decoded), batch_size):
+        x = torch.from_numpy(np.array(decoded.images[s:s + batch_size])).permute(0, 3, 1, 2)  # a copy: the map is read-only
+        yield augment(x, generator) if augment is not None else (x.float().div_(255) - mean) / std
+
+
+def _streamed_batches(source: ImageSource, transform, batch_size: int, num_workers: int) -> Iterator[torch.Tensor]:
+    for x, _ in DataLoader(_Labelled(source, transform, require_labels=False), batch_size=batch_size, num_workers=num_workers):
+        yield x
+
+
 @torch.no_grad()  # not inference_mode: a linear probe trains on these tensors
-def extract_features(backbone: nn.Module, source: ImageSource, transform, batch_size: int = 256, num_workers: int = 2,
-                     device: str = "cpu", progress: bool = False, require_labels: bool = True,
+def extract_features(backbone: nn.Module, source: ImageSource, image_size: int, *, augmented: bool = False,
+                     batch_size: int = 256, num_workers: int = 2, device: str = "cpu", precision: Precision | None = None,
+                     decode_budget: int | None = None, progress: bool = False, require_labels: bool = True, seed: int = 0,
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L2-normalised features, labels) of every image of a source; a missing label is -1 unless required."""
+    """(L2-normalised features, labels) of every image of a source, in key order; a missing label is -1
+    unless required. Images come from the decoded cache when the source fits its budget (else they
+    stream through DataLoader workers); ``augmented`` gives MoCo-v2 views (seeded) instead of the plain one.
+    Rows stay aligned with ``source.keys()``: an unreadable image in the cache is a blank one."""
+    labels = _labels(source, require_labels)
+    precision = precision or resolve_precision("fp32", device)
+    decoded = decode_source(source, image_size, budget_bytes=decode_budget, workers=num_workers or None)
+    if decoded is not None:
+        batches = _decoded_batches(decoded, image_size, batch_size, BatchRecipe(image_size) if augmented else None,
+                                   torch.Generator().manual_seed(seed))
+    else:
+        torch.manual_seed(seed)
+        transform = moco_v2(image_size) if augmented else evaluation(image_size)
+        batches = _streamed_batches(source, transform, batch_size, num_workers)
     was_training = backbone.training
     backbone.eval()
-    feats, labels = [], []
-    loader = DataLoader(_Labelled(source, transform, require_labels), batch_size=batch_size, num_workers=num_workers)
-    on_gpu = device.startswith("cuda")
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
-        for x, y in tqdm(loader, desc=f"features {source.spec}", disable=not progress, leave=False):
-            feats.append(F.normalize(backbone(x.to(device)).flatten(1).float(), dim=1).cpu())
-            labels.append(y)
+    model = precision.prepare_model(backbone)
+    feats = []
+    with precision.autocast():
+        for x in tqdm(batches, total=-(-len(source) // batch_size), desc=f"features {source.spec}", disable=not progress,
+                      leave=False):
+            feats.append(F.normalize(model(precision.prepare_input(x.to(device))).flatten(1).float(), dim=1).cpu())
     backbone.train(was_training)
-    return torch.cat(feats), torch.cat(labels)
+    return torch.cat(feats), labels
 
 
 def knn_top1(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor, k: int = 200,
@@ -91,8 +128,9 @@ class EvalResult:
         return {"knn_top1": round(self.knn_top1, 2), "linear_top1": linear}
 
 
-def evaluate_backbone(backbone: nn.Module, train: ImageSource, test: ImageSource, transform, linear: bool = False,
-                      k: int = 200, num_workers: int = 2, device: str = "cpu", progress: bool = False) -> EvalResult:
-    trf, try_ = extract_features(backbone, train, transform, num_workers=num_workers, device=device, progress=progress)
-    tef, tey = extract_features(backbone, test, transform, num_workers=num_workers, device=device, progress=progress)
+def evaluate_backbone(backbone: nn.Module, train: ImageSource, test: ImageSource, image_size: int, linear: bool = False,
+                      k: int = 200, **features: Any) -> EvalResult:
+    """kNN (and linear-probe) top-1; ``features`` go to ``extract_features`` (device, precision, workers...)."""
+    trf, try_ = extract_features(backbone, train, image_size, **features)
+    tef, tey = extract_features(backbone, test, image_size, **features)
     return EvalResult(knn_top1(trf, try_, tef, tey, k=k), linear_top1(trf, try_, tef, tey) if linear else None)

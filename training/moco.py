@@ -14,8 +14,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from semipairs.precision import full_precision
 from training.heads import ProjectionHead
-from training.losses import info_nce, reco_global, reco_local
+from training.losses import info_nce, multi_positive_nce, reco_global, reco_local
 from training.losses.reco import cutmix
 
 
@@ -41,13 +42,27 @@ class MoCo(nn.Module):
         self.reco_global_weight, self.reco_local_weight = reco_global_weight, reco_local_weight
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("queue_rows", torch.full((queue_size,), -1, dtype=torch.long))  # source row of each key
+        self.register_buffer("partner_codes", None, persistent=False)  # sorted a * n + b over pair edges ("multi")
+        self.num_rows = 0
+
+    def set_partners(self, anchor: torch.Tensor, positive: torch.Tensor, num_rows: int) -> None:
+        """Pair edges (undirected) whose queued partners count as extra positives of a query."""
+        a, b = torch.cat([anchor, positive]), torch.cat([positive, anchor])
+        self.partner_codes, self.num_rows = torch.unique(a * num_rows + b), num_rows
+
+    def partner_mask(self, rows: torch.Tensor) -> torch.Tensor:
+        """(B, K) True where the queued key's image is a pair partner of the query's image."""
+        codes = rows[:, None] * self.num_rows + self.queue_rows[None, :]
+        at = torch.searchsorted(self.partner_codes, codes).clamp_(max=len(self.partner_codes) - 1)
+        return (self.partner_codes[at] == codes) & (self.queue_rows[None, :] >= 0)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.projector(self.backbone(x).flatten(1)), dim=1)
+        return F.normalize(self.projector(self.backbone(x).flatten(1)).float(), dim=1)
 
     @torch.no_grad()
     def encode_key(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.projector_k(self.backbone_k(x).flatten(1)), dim=1)
+        return F.normalize(self.projector_k(self.backbone_k(x).flatten(1)).float(), dim=1)
 
     @torch.no_grad()
     def momentum_update(self) -> None:
@@ -56,29 +71,41 @@ class MoCo(nn.Module):
                 pk.mul_(self.momentum).add_(p.detach(), alpha=1 - self.momentum)
 
     @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor) -> None:
-        keys = all_gather(keys)
+    def enqueue(self, keys: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        rows = torch.full((len(keys),), -1, dtype=torch.long) if rows is None else rows.long()
+        keys, rows = all_gather(keys), all_gather(rows.to(keys.device))
         n, size = len(keys), len(self.queue)
         ptr = int(self.queue_ptr)
         idx = (torch.arange(n, device=keys.device) + ptr) % size
         self.queue[idx] = keys[-size:] if n > size else keys
+        self.queue_rows[idx] = rows[-size:] if n > size else rows
         self.queue_ptr.fill_((ptr + n) % size)
 
-    def forward(self, view_q: torch.Tensor, view_k: torch.Tensor) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
-        """(loss, parts, keys) for a batch of (query view, key view); call ``step_end`` after the optimizer."""
+    def forward(self, view_q: torch.Tensor, view_k: torch.Tensor, weights: torch.Tensor | None = None,
+                rows: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+        """(loss, parts, keys) for a batch of (query view, key view); the caller enqueues ``keys`` (with the
+        query images' ``rows``) after the optimizer step. With partners set and ``rows`` given, queued keys
+        of partner images are positives too. Encoders may run under bf16 autocast; the losses run in fp32."""
         q = self.encode(view_q)
         self.momentum_update()
         k = self.encode_key(view_k)
-        queue = self.queue.clone().detach()
-        loss = info_nce(q, k, queue, self.temperature)
-        parts = {"info_nce": float(loss.detach())}
-        if self.reco_global_weight:
-            g = reco_global(q, k, queue)
-            loss = loss + self.reco_global_weight * g
-            parts["reco_global"] = float(g.detach())
-        if self.reco_local_weight:
-            mixed, partner, lam = cutmix(view_q)
-            lo = reco_local(self.encode(mixed), k, partner, lam)
-            loss = loss + self.reco_local_weight * lo
-            parts["reco_local"] = float(lo.detach())
+        mixed = cutmix(view_q) if self.reco_local_weight else None
+        q_mix = self.encode(mixed[0]) if mixed is not None else None
+        with full_precision(q.device.type):
+            queue = self.queue.clone().detach()
+            if self.partner_codes is not None and rows is not None:
+                mask = self.partner_mask(rows)
+                loss = multi_positive_nce(q, k, queue, mask, self.temperature, weights)
+                parts = {"multi_positive_nce": float(loss.detach()), "queued_partners": float(mask.sum(1).float().mean())}
+            else:
+                loss = info_nce(q, k, queue, self.temperature, weights)
+                parts = {"info_nce": float(loss.detach())}
+            if self.reco_global_weight:
+                g = reco_global(q, k, queue)
+                loss = loss + self.reco_global_weight * g
+                parts["reco_global"] = float(g.detach())
+            if mixed is not None:
+                lo = reco_local(q_mix, k, mixed[1], mixed[2])
+                loss = loss + self.reco_local_weight * lo
+                parts["reco_local"] = float(lo.detach())
         return loss, parts, k

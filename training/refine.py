@@ -14,9 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,8 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from tqdm.auto import tqdm
 
+from semipairs.atomic import atomic_write
+from semipairs.precision import resolve_precision
 from semipairs.sources import open_source
-from training.augment import evaluation, moco_v2
 from training.checkpoint import backbone_from_state, load_checkpoint, save_checkpoint
 from training.evaluate import extract_features, knn_top1
 from training.gnn import GNNEncoder, gcn_norm_parts, sample_subgraph
@@ -60,6 +59,7 @@ class RefineConfig(BaseModel):
     knn_k: int = 200
     num_workers: int = 2
     device: str | None = None
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     seed: int = 0
 
     @model_validator(mode="after")
@@ -97,20 +97,19 @@ def embed_streams(cfg: RefineConfig, device: str, progress: bool, log=print) -> 
     state = load_checkpoint(cfg.checkpoint)
     student, spec, _ = backbone_from_state(state)
     teacher = backbone_from_state(state, "teacher")[0] if state.get("teacher") is not None else None
-    plain = evaluation(spec.image_size)
     if teacher is None:
         log(f"{cfg.checkpoint}: no teacher (momentum) encoder in this checkpoint (SimSiam?): the teacher stream "
             "is the same encoder on an augmented view")
-    teacher_tf = plain if teacher is not None else moco_v2(spec.image_size)
     out: dict[str, Any] = {"teacher": "momentum-encoder" if teacher is not None else "augmented-view"}
     sources = {"train": open_source(cfg.data)}
     if cfg.eval_data:
         sources["eval"] = open_source(cfg.eval_data)
-    kw = {"num_workers": cfg.num_workers, "device": device, "progress": progress, "require_labels": False}
+    kw = {"num_workers": cfg.num_workers, "device": device, "progress": progress, "require_labels": False,
+          "precision": resolve_precision(cfg.precision, device)}
     for name, src in sources.items():
-        s, y = extract_features(student.to(device), src, plain, **kw)
-        torch.manual_seed(cfg.seed + (0 if name == "train" else 1))
-        t, _ = extract_features((teacher or student).to(device), src, teacher_tf, **kw)
+        s, y = extract_features(student.to(device), src, spec.image_size, **kw)
+        t, _ = extract_features((teacher or student).to(device), src, spec.image_size, augmented=teacher is None,
+                                seed=cfg.seed + (0 if name == "train" else 1), **kw)
         out[name] = {"student": s, "teacher": t, "labels": y, "keys": src.keys(), "spec": src.spec}
     return out
 
@@ -185,20 +184,11 @@ def refined_embeddings(online: GNNEncoder, x: dict[str, torch.Tensor], graphs: d
     return torch.cat(halves, 1)
 
 
-@contextmanager
-def _atomic(path: Path):
-    """Write to a hidden temp file beside ``path``, rename over it only when the write finished."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        yield f
-    os.replace(tmp, path)
-
-
 def _save(out: Path, stem: str, x: torch.Tensor, keys: list[str]) -> None:
     """.npy + sibling keys file (one key per line, same order), each written atomically."""
-    with _atomic(out / f"{stem}.npy") as f:
+    with atomic_write(out / f"{stem}.npy") as f:
         np.save(f, x.numpy().astype(np.float32))
-    with _atomic(out / f"{stem}.keys.txt") as f:
+    with atomic_write(out / f"{stem}.keys.txt") as f:
         f.write("".join(k + "\n" for k in keys).encode("utf-8"))
 
 
@@ -239,6 +229,6 @@ def refine(cfg: RefineConfig, progress: bool = True, log=print) -> dict[str, Any
         }
     save_checkpoint(cfg.out / "gnn.pt", {k: v.cpu() for k, v in online.state_dict().items()})
     report["seconds"] = round(time.time() - t0, 1)
-    with _atomic(cfg.out / "report.json") as f:
+    with atomic_write(cfg.out / "report.json") as f:
         f.write(json.dumps(report, indent=2).encode())
     return report

@@ -1,5 +1,9 @@
 """The training loop for MoCo-v2 and SimSiam, with semantic pairs (SePP-ID) and ReCo as options.
 
+Where the source fits the decode budget, images are decoded once (``semipairs.decoded``) and every batch
+is gathered from that array and augmented as a batch (``batch_augment``): no DataLoader workers, the
+cores go to the model. Larger sources stream through DataLoader workers and the per-image PIL recipe.
+
 Writes ``RUN/checkpoint.pt`` (every epoch, atomically), ``RUN/metrics.json`` (per-epoch loss and kNN
 top-1) and ``RUN/config.yaml``. A run resumes from its checkpoint and continues the same run: model,
 momentum encoder, queue, optimizer, schedule, epoch and RNG states. Under torchrun it trains with DDP
@@ -13,6 +17,8 @@ import math
 import os
 import random
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,13 +30,20 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from semipairs.atomic import write_text
+from semipairs.dataset import PairDataset
+from semipairs.decoded import DecodedImages, decode_source
 from semipairs.errors import SemipairsError
+from semipairs.precision import Precision, resolve_precision
 from semipairs.sources import open_source
+from semipairs.sources.base import ImageSource
 from semipairs.torch_data import distributed
-from training.augment import RECIPES, evaluation
+from training.augment import RECIPES
 from training.backbones import BackboneSpec, backbone_state, build_backbone
-from training.checkpoint import CHECKPOINT_VERSION, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from training.data import SePPViews
+from training.batch_augment import BatchRecipe
+from training.batches import PAIR, PairRows, plan_epoch, resolve_pairs, samples_per_epoch
+from training.checkpoint import backbone_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from training.data import SePPViews, check_pair_keys
 from training.evaluate import evaluate_backbone
 from training.moco import MoCo
 from training.simsiam import SimSiam
@@ -65,6 +78,16 @@ class TrainConfig(BaseModel):
     eval_test: str | None = None
     num_workers: int = 2
     device: str | None = None
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast + channels_last where the CPU (avx512_bf16/AMX) or GPU has it natively")
+    decode_budget_gb: float | None = Field(None, ge=0, description="decode the source once into a memory-mapped uint8 "
+                                           "array when it fits this many GB (default a quarter of RAM; 0: always stream)")
+    pair_mode: Literal["extra", "swap", "multi"] = Field(
+        "extra", description="extra: pairs are extra samples (SePP-ID); swap: a partner's view replaces an image's key "
+        "view; multi: queued keys of partners are extra positives (MoCo). swap and multi need the decoded path")
+    swap_prob: float = Field(0.5, ge=0, le=1, description="swap mode: chance an image with partners takes one as its key")
+    pair_weight: float = Field(1.0, ge=0, description="loss weight of pair samples relative to same-image samples")
+    pair_warmup: float = Field(0.0, ge=0, lt=1, description="share of the step budget before pairs join (decoded path)")
     compile: bool = False
     seed: int = 0
     resume: bool = True
@@ -88,124 +111,248 @@ def build_model(cfg: TrainConfig) -> tuple[nn.Module, BackboneSpec]:
     return model, spec
 
 
-def _steps_per_epoch(n: int, batch: int, world: int, readers_per_rank: int) -> int:
-    """Batches every rank can fill in an epoch: a rank whose readers run short must not leave others waiting."""
-    per_rank = n // world - readers_per_rank
-    steps = per_rank // batch
+
+def _steps_per_epoch(n: int, batch: int, world: int, spare: int = 0) -> int:
+    """Batches every rank can fill in an epoch; ``spare`` samples per rank are held back for streamed readers
+    that run short, so no rank is left waiting at a collective."""
+    steps = (n // world - spare) // batch
     if steps < 1:
         raise SemipairsError(f"{n} samples give no full batch of {batch} on {world} rank(s); lower --batch-size")
     return steps
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
-    """Train ``cfg.method`` (resuming from ``cfg.out/checkpoint.pt`` when present); the metrics written."""
-    with distributed() as (rank, world):
-        return _train(cfg, rank, world, progress)
+class DecodedData:
+    """Batches gathered from the decoded array and augmented as whole batches (the fast path)."""
+
+    def __init__(self, decoded: DecodedImages, pairs: PairRows | None, cfg: TrainConfig, rank: int, world: int) -> None:
+        self.decoded, self.pairs, self.cfg, self.rank, self.world = decoded, pairs, cfg, rank, world
+        self.recipe = BatchRecipe(cfg.image_size)
+        n = samples_per_epoch(decoded.ok, pairs, cfg.pair_mode, cfg.pair_ratio)
+        self.steps = _steps_per_epoch(n, cfg.batch_size, world)
+
+    def _gather(self, rows: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.decoded.images[rows])
+
+    def batches(self, epoch: int, warmup_steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                          torch.Tensor | None]]:
+        """(view 1, view 2, kind, rows): ``rows`` (the first view's source rows) once pairs have joined."""
+        cfg = self.cfg
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1_009 + self.rank)
+        plan = plan_epoch(self.decoded.ok, self.pairs, seed=cfg.seed, epoch=epoch, rank=self.rank, world=self.world,
+                          batch_size=cfg.batch_size, steps=self.steps, mode=cfg.pair_mode, pair_ratio=cfg.pair_ratio,
+                          swap_prob=cfg.swap_prob)
+        for s, b in enumerate(plan):
+            rows_b, kind, rows = b.rows_b, b.kind, torch.from_numpy(b.rows_a)
+            if epoch * self.steps + s < warmup_steps:  # pairs have not joined yet: their anchors see themselves
+                rows_b, kind, rows = np.where(kind == PAIR, b.rows_a, rows_b), np.zeros_like(kind), None
+            yield (self.recipe(self._gather(b.rows_a), gen), self.recipe(self._gather(rows_b), gen), torch.from_numpy(kind),
+                   rows)
 
 
-def _train(cfg: TrainConfig, rank: int, world: int, progress: bool) -> dict[str, Any]:
+class StreamedData:
+    """Images decoded and augmented one by one in DataLoader workers (sources over the decode budget)."""
+
+    def __init__(self, source: ImageSource, pairs: PairDataset | None, cfg: TrainConfig, world: int, on_gpu: bool) -> None:
+        self.dataset = SePPViews(source, RECIPES[cfg.method](cfg.image_size), pairs, cfg.pair_ratio, seed=cfg.seed)
+        self.cfg, self.on_gpu = cfg, on_gpu
+        self.steps = _steps_per_epoch(len(self.dataset), cfg.batch_size, world, max(1, cfg.num_workers))
+
+    def batches(self, epoch: int, warmup_steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]]:
+        self.dataset.set_epoch(epoch)
+        loader = DataLoader(self.dataset, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers, drop_last=True,
+                            pin_memory=self.on_gpu)
+        for v1, v2, info in loader:
+            yield v1, v2, info["kind"], None
+
+
+def build_data(cfg: TrainConfig, source: ImageSource, pairs: PairDataset | None, rank: int, world: int,
+               on_gpu: bool) -> DecodedData | StreamedData:
+    """The decoded fast path when the source fits the budget (rank 0 decodes, the others then map it)."""
+    if pairs is not None:
+        check_pair_keys(pairs, source)
+    budget = None if cfg.decode_budget_gb is None else int(cfg.decode_budget_gb * 2**30)
+    decoded = None
+    for turn in range(2 if world > 1 else 1):
+        if (rank == 0) == (turn == 0):
+            decoded = decode_source(source, cfg.image_size, budget_bytes=budget, workers=max(1, cfg.num_workers))
+        if world > 1:
+            torch.distributed.barrier()
+    if decoded is not None:
+        source.skipped[:] = decoded.skipped
+        rows = None
+        if pairs is not None:
+            known = source.index_of()
+            if all(k in known for k in pairs.table["anchor_key"]) and all(k in known for k in pairs.table["positive_key"]):
+                rows = resolve_pairs(pairs.table, known, decoded.ok)
+            elif cfg.pair_mode == "extra" and not cfg.pair_warmup:
+                return StreamedData(source, pairs, cfg, world, on_gpu)  # embedded pairs of another source: their shards
+        if pairs is None or rows is not None:
+            return DecodedData(decoded, rows, cfg, rank, world)
+    if cfg.pair_mode != "extra" or cfg.pair_warmup:
+        raise SemipairsError(f"--pair-mode {cfg.pair_mode} / --pair-warmup need the decoded path: {source.spec} does not "
+                             "fit the decode budget (raise --decode-budget-gb) or its pairs name keys of another source")
+    return StreamedData(source, pairs, cfg, world, on_gpu)
+
+
+@dataclass
+class Run:
+    """Everything one training run holds between steps."""
+
+    cfg: TrainConfig
+    rank: int
+    world: int
+    device: str
+    precision: Precision
+    model: nn.Module
+    train_model: nn.Module
+    spec: BackboneSpec
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    data: DecodedData | StreamedData
+    total: int
+    metrics: dict[str, Any] = field(default_factory=dict)
+    start: int = 0
+
+    @property
+    def out(self) -> Path:
+        return Path(self.cfg.out)
+
+
+def setup(cfg: TrainConfig, rank: int, world: int) -> Run:
+    """Device, precision, data, model, optimizer and cosine schedule over the step budget."""
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and world > 1:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
         torch.cuda.set_device(device)
-    on_gpu = device.startswith("cuda")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    precision = resolve_precision(cfg.precision, device)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
     _seed_all(cfg.seed + rank)
-
     source = open_source(cfg.data)
     pairs = None
     if cfg.pairs:
         import semipairs
 
         pairs = semipairs.load(cfg.pairs)
-    view = RECIPES[cfg.method](cfg.image_size)
-    dataset = SePPViews(source, view, pairs, cfg.pair_ratio, seed=cfg.seed)
-    steps = _steps_per_epoch(len(dataset), cfg.batch_size, world, max(1, cfg.num_workers))
-
+    data = build_data(cfg, source, pairs, rank, world, device.startswith("cuda"))
     model, spec = build_model(cfg)
-    model.to(device)
-    if on_gpu:
-        model = model.to(memory_format=torch.channels_last)
+    if cfg.pair_mode == "multi":
+        if cfg.method != "moco" or not isinstance(data, DecodedData) or data.pairs is None:
+            raise SemipairsError("--pair-mode multi needs --method moco, --pairs and the decoded path")
+        model.set_partners(torch.from_numpy(data.pairs.anchor), torch.from_numpy(data.pairs.positive), len(data.decoded))
+    model = precision.prepare_model(model.to(device))
     lr = cfg.lr * cfg.batch_size * world / 256
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    total = cfg.epochs * steps if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * steps)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9,
+                                weight_decay=cfg.weight_decay)
+    total = cfg.epochs * data.steps if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * data.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-
-    ckpt_path = out / "checkpoint.pt"
-    metrics: dict[str, Any] = {"method": cfg.method, "epochs": []}
-    start = 0
-    if cfg.resume and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start = int(state["epoch"])
-        set_rng_state(state["rng"])
-        if (out / "metrics.json").exists():
-            metrics = json.loads((out / "metrics.json").read_text())
-            metrics["epochs"] = metrics["epochs"][:start]
-
     train_model: nn.Module = model
     if world > 1:
-        # SyncBatchNorm runs on GPUs only; CPU (gloo) ranks keep per-rank BN statistics
+        on_gpu = device.startswith("cuda")  # SyncBatchNorm runs on GPUs only; CPU (gloo) ranks keep per-rank BN statistics
         synced = nn.SyncBatchNorm.convert_sync_batchnorm(model) if on_gpu else model
         train_model = nn.parallel.DistributedDataParallel(
             synced, broadcast_buffers=False, device_ids=[torch.device(device).index] if on_gpu else None)
     if cfg.compile:
         train_model = torch.compile(train_model)
-    if rank == 0:
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    return Run(cfg, rank, world, device, precision, model, train_model, spec, optimizer, scheduler, data, total,
+               {"method": cfg.method, "precision": precision.name, "data_path": type(data).__name__, "epochs": []})
 
-    eval_src = (open_source(cfg.eval_train), open_source(cfg.eval_test)) if cfg.eval_train and cfg.eval_test else None
-    final = min(cfg.epochs, -(-total // steps))  # the run's last epoch (max_steps may end it early)
-    end = final if cfg.stop_after is None else min(final, start + cfg.stop_after)
-    for epoch in range(start, end):
-        dataset.set_epoch(epoch)
-        loader = DataLoader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, drop_last=True,
-                            pin_memory=on_gpu)
-        model.train()
-        losses, parts_sum, pairs_seen, t0 = [], {}, 0, time.perf_counter()
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0, unit="step")
-        for step, (v1, v2, info) in enumerate(loader):
-            if step >= steps or epoch * steps + step >= total:
-                break
-            v1, v2 = v1.to(device, non_blocking=True), v2.to(device, non_blocking=True)
-            if on_gpu:
-                v1, v2 = v1.contiguous(memory_format=torch.channels_last), v2.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
-                loss, parts, keys = train_model(v1, v2)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            if keys is not None:
-                model.enqueue(keys.float())
-            losses.append(float(loss.detach()))
-            pairs_seen += int(info["kind"].sum())
-            for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
-            bar.update(1)
-        bar.close()
-        row: dict[str, Any] = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "step_losses": losses,
-                               "parts": {k: v / len(losses) for k, v in parts_sum.items()}, "pair_samples": pairs_seen,
-                               "seconds": round(time.perf_counter() - t0, 2), "lr": scheduler.get_last_lr()[0]}
-        last = epoch + 1 == final
-        if eval_src and rank == 0 and ((cfg.knn_every and (epoch + 1) % cfg.knn_every == 0) or last):
-            row["knn_top1"] = evaluate_backbone(model.backbone, *eval_src, evaluation(cfg.image_size), k=cfg.knn_k,
-                                                num_workers=cfg.num_workers, device=device).knn_top1
-        metrics["epochs"].append(row)
+
+def resume(run: Run) -> None:
+    """Continue from ``OUT/checkpoint.pt``: model, momentum encoder, queue, optimizer, schedule, epoch, RNG."""
+    path = run.out / "checkpoint.pt"
+    if not (run.cfg.resume and path.exists()):
+        return
+    state = load_checkpoint(path)
+    if "queue" in state["model"]:  # runs saved before queued rows were kept: their keys have no known row
+        state["model"].setdefault("queue_rows", torch.full_like(run.model.queue_rows, -1))
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.start = int(state["epoch"])
+    set_rng_state(state["rng"])
+    if (run.out / "metrics.json").exists():
+        previous = json.loads((run.out / "metrics.json").read_text())
+        run.metrics["epochs"] = previous["epochs"][: run.start]
+
+
+def train_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
+    """One epoch (or what is left of the step budget in it); its metrics row."""
+    cfg, steps = run.cfg, run.data.steps
+    run.model.train()
+    losses, parts_sum, pairs_seen, t0 = [], {}, 0, time.perf_counter()
+    warmup = int(cfg.pair_warmup * run.total)
+    bar = tqdm(total=min(steps, run.total - epoch * steps), desc=f"epoch {epoch + 1}/{_final_epoch(run)}",
+               disable=not progress or run.rank != 0, unit="step")
+    first = None
+    for step, (v1, v2, kind, rows) in enumerate(run.data.batches(epoch, warmup)):
+        if step >= steps or epoch * steps + step >= run.total:
+            break
+        if step == 1:
+            first = time.perf_counter() - t0  # loader start-up and the first step: left out of the steady rate
+        weights = None if cfg.pair_weight == 1.0 else torch.where(kind == PAIR, cfg.pair_weight, 1.0).to(run.device)
+        v1 = run.precision.prepare_input(v1.to(run.device, non_blocking=True))
+        v2 = run.precision.prepare_input(v2.to(run.device, non_blocking=True))
+        with run.precision.autocast():
+            loss, parts, keys = run.train_model(v1, v2, weights, rows)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        run.scheduler.step()
+        if keys is not None:
+            run.model.enqueue(keys.float(), rows)
+        losses.append(float(loss.detach()))
+        pairs_seen += int((kind == PAIR).sum())
+        for k, v in parts.items():
+            parts_sum[k] = parts_sum.get(k, 0.0) + v
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        bar.update(1)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    steady = (len(losses) - 1) * cfg.batch_size / (seconds - first) if first is not None and seconds > first else None
+    return {"epoch": epoch + 1, "loss": float(np.mean(losses)), "step_losses": losses,
+            "parts": {k: v / len(losses) for k, v in parts_sum.items()}, "pair_samples": pairs_seen,
+            "seconds": round(seconds, 2), "images_per_s": None if steady is None else round(steady, 1),
+            "lr": run.scheduler.get_last_lr()[0]}
+
+
+def save(run: Run, epoch: int) -> None:
+    """Checkpoint and metrics, each written atomically (rank 0 only)."""
+    cfg, model = run.cfg, run.model
+    save_checkpoint(run.out / "checkpoint.pt", backbone_checkpoint(
+        model.backbone, run.spec, method=cfg.method,
+        teacher=backbone_state(model.backbone_k) if cfg.method == "moco" else None,
+        model=model.state_dict(), optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
+        epoch=epoch + 1, rng=rng_state(), config=cfg.model_dump(mode="json")))
+    write_text(run.out / "metrics.json", json.dumps(run.metrics, indent=1))
+
+
+def _final_epoch(run: Run) -> int:
+    """The run's last epoch (a step budget may end it before ``epochs``)."""
+    return min(run.cfg.epochs, -(-run.total // run.data.steps))
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
+    """Train ``cfg.method`` (resuming from ``cfg.out/checkpoint.pt`` when present); the metrics written."""
+    with distributed() as (rank, world):
+        run = setup(cfg, rank, world)
+        resume(run)
         if rank == 0:
-            save_checkpoint(ckpt_path, {
-                "semipairs_checkpoint": CHECKPOINT_VERSION, "method": cfg.method, "backbone_spec": spec.to_dict(),
-                "backbone": backbone_state(model.backbone),
-                "teacher": backbone_state(model.backbone_k) if cfg.method == "moco" else None,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "epoch": epoch + 1, "rng": rng_state(), "config": cfg.model_dump(mode="json"),
-            })
-            tmp = out / "metrics.json.tmp"
-            tmp.write_text(json.dumps(metrics, indent=1))
-            tmp.replace(out / "metrics.json")
-    return metrics
+            write_text(run.out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        eval_src = (open_source(cfg.eval_train), open_source(cfg.eval_test)) if cfg.eval_train and cfg.eval_test else None
+        final = _final_epoch(run)
+        end = final if cfg.stop_after is None else min(final, run.start + cfg.stop_after)
+        for epoch in range(run.start, end):
+            row = train_epoch(run, epoch, progress)
+            monitor = cfg.knn_every and (epoch + 1) % cfg.knn_every == 0
+            if eval_src and rank == 0 and (monitor or epoch + 1 == final):
+                row["knn_top1"] = evaluate_backbone(run.model.backbone, *eval_src, cfg.image_size, k=cfg.knn_k,
+                                                    num_workers=cfg.num_workers, device=run.device,
+                                                    precision=run.precision, decode_budget=_budget(cfg)).knn_top1
+            run.metrics["epochs"].append(row)
+            if rank == 0:
+                save(run, epoch)
+        return run.metrics
+
+
+def _budget(cfg: TrainConfig) -> int | None:
+    return None if cfg.decode_budget_gb is None else int(cfg.decode_budget_gb * 2**30)

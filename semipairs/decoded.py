@@ -1,0 +1,150 @@
+"""Decode once: every image of a source as one uint8 array (N x S x S x 3), cached on disk, memory-mapped.
+
+Training and evaluation at small sizes are bound by JPEG decoding and per-image PIL work, not by the
+model. When ``N * S * S * 3`` bytes fit a memory budget, a source is decoded once, in parallel threads
+(Pillow releases the GIL while it decodes and resizes), written atomically to
+``CACHE/decoded/<key>/`` and memory-mapped by every later run. The key covers the source fingerprint,
+the size and the geometry rule, so a changed source or size never reuses a stale array. Sources over
+the budget return None and keep their streaming path.
+
+Geometry matches ``training.augment.evaluation``: at <= 64 px the image is resized to S x S, above that
+its shorter side is resized to S and the centre cropped. Unreadable images are recorded in ``skipped``
+(key and reason, as ``ImageSource.read_checked`` does) and their rows stay zero with ``ok`` False.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from semipairs.sources.base import ImageSource, Skipped
+
+GEOMETRY = "v1-squash<=64-else-shorter+centre"
+DEFAULT_BUDGET_SHARE = 0.25  # of physical RAM
+
+
+def cache_root() -> Path:
+    """``$SEMIPAIRS_CACHE``, else ``$XDG_CACHE_HOME/semipairs``, else ``~/.cache/semipairs``."""
+    if env := os.environ.get("SEMIPAIRS_CACHE"):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "semipairs"
+
+
+def default_budget_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * DEFAULT_BUDGET_SHARE)
+    except (ValueError, OSError, AttributeError):  # not a POSIX system: a conservative 2 GiB
+        return 2 << 30
+
+
+def fit(im: Image.Image, size: int) -> Image.Image:
+    """The cached geometry of one image (see the module docstring), as RGB."""
+    if im.format == "JPEG":
+        im.draft("RGB", (size, size))  # decode reduced: a 36 MP photo never lands in memory whole
+    im = im.convert("RGB")
+    if size <= 64:
+        return im if im.size == (size, size) else im.resize((size, size), Image.BILINEAR)
+    w, h = im.size
+    scale = size / min(w, h)
+    if scale != 1:
+        im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+    w, h = im.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
+@dataclass
+class DecodedImages:
+    """A source decoded at ``size``: ``images[i]`` is row i of ``source.keys()``; ``ok[i]`` False if unreadable."""
+
+    images: np.ndarray
+    ok: np.ndarray
+    skipped: list[Skipped] = field(default_factory=list)
+    path: Path | None = None
+
+    @property
+    def size(self) -> int:
+        return int(self.images.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def decode_key(source: ImageSource, size: int) -> str:
+    h = hashlib.sha256(f"{source.fingerprint()}\n{size}\n{GEOMETRY}".encode())
+    return h.hexdigest()[:24]
+
+
+def decoded_bytes(n: int, size: int) -> int:
+    return n * size * size * 3
+
+
+def _load(path: Path) -> DecodedImages:
+    meta = json.loads((path / "meta.json").read_text())
+    images = np.load(path / "images.npy", mmap_mode="r")
+    ok = np.load(path / "ok.npy")
+    skipped = [Skipped(k, r) for k, r in meta["skipped"]]
+    return DecodedImages(images, ok, skipped, path)
+
+
+def decode_source(source: ImageSource, size: int, *, root: Path | None = None, budget_bytes: int | None = None,
+                  workers: int | None = None, progress: Callable[[int], None] | None = None) -> DecodedImages | None:
+    """The decoded array of ``source`` at ``size`` (built once, then memory-mapped), or None when
+    ``N x size x size x 3`` bytes exceed ``budget_bytes`` (default: a quarter of RAM; 0 never decodes).
+
+    ``progress(n)`` is called with the number of images finished since the last call.
+    """
+    n = len(source)
+    budget = default_budget_bytes() if budget_bytes is None else budget_bytes
+    if n == 0 or decoded_bytes(n, size) > budget:
+        return None
+    final = (root or cache_root()) / "decoded" / decode_key(source, size)
+    if (final / "meta.json").is_file():
+        return _load(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))  # unique per writer
+    try:
+        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        ok = np.zeros(n, bool)
+        keys = source.keys()
+        reasons: dict[int, str] = {}
+
+        def one(i: int) -> None:
+            try:
+                with Image.open(io.BytesIO(source.read(i).data)) as im:
+                    images[i] = np.asarray(fit(im, size))
+                ok[i] = True
+            except Exception as exc:  # noqa: BLE001 - any unreadable image is skipped, by contract
+                reasons[i] = f"{type(exc).__name__}: {exc}"
+
+        step = 512
+        with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+            for start in range(0, n, step):
+                list(pool.map(one, range(start, min(n, start + step))))
+                if progress:
+                    progress(min(n, start + step) - start)
+        images.flush()
+        np.save(tmp / "ok.npy", ok)
+        skipped = [[keys[i], reasons[i]] for i in sorted(reasons)]
+        (tmp / "meta.json").write_text(json.dumps({"source": source.spec, "n": n, "size": size, "geometry": GEOMETRY,
+                                                   "skipped": skipped}))
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another writer published the same array first: theirs is identical, keep it
+            if not (final / "meta.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return _load(final)

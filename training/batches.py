@@ -1,0 +1,94 @@
+"""Batches of row indices over a decoded source (``semipairs.decoded``): the fast path of the trainer.
+
+An epoch is planned as index arrays, never as per-image Python work: every readable image as a view
+of itself, plus semantic pairs used the way ``pair_mode`` says:
+
+- ``extra`` (SePP-ID): each chosen pair is one more sample, a view of the anchor against a view of its
+  positive; an epoch grows by ``pair_ratio * num_pairs`` samples.
+- ``swap`` (offline NNCLR / MSF): no extra samples; an image that has pair partners sees, with
+  probability ``swap_prob``, the view of a random partner as its key instead of its own second view.
+- ``multi`` (MoCo only): no extra samples and no swaps; the batch carries each image's row, and the
+  loss counts every queued key of a partner image as one more positive (``losses.multi_positive``).
+
+Pairs are undirected for ``swap`` (a pair says both images show the same kind of thing). A sample's
+``kind`` is ``SAME_IMAGE`` or ``PAIR``; ``index`` is its source row or pair id. Ranks take equal slices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+SAME_IMAGE, PAIR = 0, 1
+PAIR_MODES = ("extra", "swap", "multi")
+
+
+@dataclass(frozen=True)
+class PairRows:
+    """Pairs resolved to rows of the decoded array (both layouts resolve by key)."""
+
+    anchor: np.ndarray
+    positive: np.ndarray
+    pair_id: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.anchor)
+
+    def partners(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """CSR adjacency of the undirected pair graph over ``n`` rows: (offsets, neighbour rows)."""
+        a = np.concatenate([self.anchor, self.positive])
+        b = np.concatenate([self.positive, self.anchor])
+        order = np.argsort(a, kind="stable")
+        offsets = np.zeros(n + 1, np.int64)
+        np.add.at(offsets, a + 1, 1)
+        return np.cumsum(offsets), b[order]
+
+
+@dataclass
+class Batch:
+    rows_a: np.ndarray
+    rows_b: np.ndarray
+    kind: np.ndarray
+    index: np.ndarray
+
+
+def resolve_pairs(table, index_of: dict[str, int], ok: np.ndarray) -> PairRows:
+    """Rows of each pair's anchor and positive; pairs touching an unreadable image are dropped."""
+    a = np.fromiter((index_of[k] for k in table["anchor_key"]), np.int64, len(table))
+    p = np.fromiter((index_of[k] for k in table["positive_key"]), np.int64, len(table))
+    keep = ok[a] & ok[p]
+    return PairRows(a[keep], p[keep], table["pair_id"].to_numpy(np.int64)[keep])
+
+
+def plan_epoch(ok: np.ndarray, pairs: PairRows | None, *, seed: int, epoch: int, rank: int, world: int, batch_size: int,
+               steps: int, mode: str = "extra", pair_ratio: float = 1.0, swap_prob: float = 0.5) -> Iterator[Batch]:
+    """``steps`` batches of this rank's share of the epoch (the same number on every rank)."""
+    if mode not in PAIR_MODES:
+        raise ValueError(f"pair mode {mode!r}: use one of {', '.join(PAIR_MODES)}")
+    rng = np.random.default_rng([seed, epoch])
+    rows = np.flatnonzero(ok)
+    a, b = rows.copy(), rows.copy()
+    kind, index = np.full(len(rows), SAME_IMAGE, np.int8), rows.copy()
+    if pairs is not None and len(pairs) and mode == "extra":
+        take = np.sort(rng.permutation(len(pairs))[: int(round(len(pairs) * pair_ratio))])
+        a, b = np.concatenate([a, pairs.anchor[take]]), np.concatenate([b, pairs.positive[take]])
+        kind = np.concatenate([kind, np.full(len(take), PAIR, np.int8)])
+        index = np.concatenate([index, pairs.pair_id[take]])
+    elif pairs is not None and len(pairs) and mode == "swap":
+        offsets, nbrs = pairs.partners(len(ok))
+        degree = offsets[rows + 1] - offsets[rows]
+        swap = (degree > 0) & (rng.random(len(rows)) < swap_prob * pair_ratio)
+        pick = offsets[rows[swap]] + (rng.random(int(swap.sum())) * degree[swap]).astype(np.int64)
+        b[swap] = nbrs[pick]
+        kind[swap] = PAIR
+    order = rng.permutation(len(a))[rank::world]
+    for s in range(steps):
+        sel = order[s * batch_size:(s + 1) * batch_size]
+        yield Batch(a[sel], b[sel], kind[sel], index[sel])
+
+
+def samples_per_epoch(ok: np.ndarray, pairs: PairRows | None, mode: str, pair_ratio: float) -> int:
+    extra = int(round(len(pairs) * pair_ratio)) if pairs is not None and mode == "extra" else 0
+    return int(ok.sum()) + extra
