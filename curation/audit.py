@@ -14,7 +14,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -22,7 +22,8 @@ import pandas as pd
 from semipairs.dataset import PairDataset
 from semipairs.errors import SemipairsError
 from semipairs.sources import open_source
-from semipairs.sources.base import ImageSource
+from semipairs.sources.base import ImageSource, thumbnail
+from semipairs.table import score_quantiles
 
 NEAR_DUPLICATE = 0.98
 CURVE_POINTS = 20
@@ -52,7 +53,13 @@ class AuditResult:
         return "\n".join(lines)
 
 
-Labels = tuple[pd.Series, pd.Series, str, "list[str] | None"]
+class Labels(NamedTuple):
+    """Each pair's anchor and positive label, where they came from, and the class names when known."""
+
+    anchor: pd.Series
+    positive: pd.Series
+    source: str
+    classes: list[str] | None
 
 
 def _resolve_source(ds: PairDataset, labels_from: str | ImageSource | None) -> ImageSource | None:
@@ -73,7 +80,7 @@ def _labels_for(ds: PairDataset, src: ImageSource | None, explicit: bool) -> Lab
     t = ds.table
     if not explicit:
         if "anchor_label" in t:
-            return t["anchor_label"], t["positive_label"], "pairs.parquet", src.classes if src is not None else None
+            return Labels(t["anchor_label"], t["positive_label"], "pairs.parquet", src.classes if src is not None else None)
         return None
     assert src is not None
     if not src.has_labels:
@@ -85,7 +92,7 @@ def _labels_for(ds: PairDataset, src: ImageSource | None, explicit: bool) -> Lab
                          "the labels source must hold the pairs' keys")
     a = t["anchor_key"].map(lab).astype("Int32")
     p = t["positive_key"].map(lab).astype("Int32")
-    return a, p, src.spec, src.classes
+    return Labels(a, p, src.spec, src.classes)
 
 
 def compute_metrics(table: pd.DataFrame, num_images: int, anchor_label: pd.Series | None = None,
@@ -95,8 +102,7 @@ def compute_metrics(table: pd.DataFrame, num_images: int, anchor_label: pd.Serie
     n = len(table)
     scores = table["score"].to_numpy(np.float64)
     finite = np.isfinite(scores)
-    q = {k: float(np.quantile(scores[finite], v)) for k, v in
-         {"min": 0, "p05": .05, "p25": .25, "p50": .5, "p75": .75, "p95": .95, "max": 1}.items()} if finite.any() else {}
+    q = score_quantiles(scores, {"min": 0, "p05": .05, "p25": .25, "p50": .5, "p75": .75, "p95": .95, "max": 1})
     indeg = table["positive_key"].value_counts()
     counts = np.zeros(max(num_images, len(indeg)))
     counts[: len(indeg)] = indeg.to_numpy()
@@ -221,10 +227,9 @@ def _pair_images(ds: PairDataset, ids: list[int], source: ImageSource | None) ->
         return got
     if source is None:
         return got
-    pos = source.index_of()
     t = ds.table
     for i in wanted:
-        got[i] = (source.read(pos[t["anchor_key"].iloc[i]]).data, source.read(pos[t["positive_key"].iloc[i]]).data)
+        got[i] = (source.read_key(t["anchor_key"].iloc[i]).data, source.read_key(t["positive_key"].iloc[i]).data)
     return got
 
 
@@ -233,7 +238,6 @@ def _grid(title: str, rows: pd.DataFrame, images: dict[int, tuple[bytes, bytes]]
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     rows = rows[rows["pair_id"].isin(images.keys())]
     cols = 4
@@ -245,7 +249,7 @@ def _grid(title: str, rows: pd.DataFrame, images: dict[int, tuple[bytes, bytes]]
         a, p = images[int(r["pair_id"])]
         ax_a, ax_p = axes[j // cols][2 * (j % cols)], axes[j // cols][2 * (j % cols) + 1]
         for ax, data in ((ax_a, a), (ax_p, p)):
-            ax.imshow(Image.open(io.BytesIO(data)).convert("RGB"), interpolation="nearest")
+            ax.imshow(thumbnail(data), interpolation="nearest")
         cap = f"{r['score']:.3f}"
         if labels is not None:
             cap += f"\n{labels[j]}"
@@ -302,7 +306,7 @@ def audit(ds: PairDataset, out: str | Path, labels_from: str | ImageSource | Non
                               mining_counts=getattr(ds.manifest.mining, "counts", None))
     same = None
     if lab is not None:
-        a, p = lab[0].to_numpy(dtype=float, na_value=np.nan), lab[1].to_numpy(dtype=float, na_value=np.nan)
+        a, p = (x.to_numpy(dtype=float, na_value=np.nan) for x in (lab.anchor, lab.positive))
         same = a == p
     images = _plots(metrics, t, same)
 
@@ -311,18 +315,18 @@ def audit(ds: PairDataset, out: str | Path, labels_from: str | ImageSource | Non
     picks = {"grid_highest.png": ("Highest-score pairs", by_score.head(grid_size)),
              "grid_lowest.png": ("Lowest-score pairs", by_score.tail(grid_size).iloc[::-1])}
     if same is not None and (~same).any():
-        wrong = t[~same & lab[0].notna().to_numpy()]
+        wrong = t[~same & lab.anchor.notna().to_numpy()]
         picks["grid_wrong.png"] = ("Wrong pairs (labels differ)", wrong.sample(min(grid_size, len(wrong)), random_state=seed))
     needed = sorted({int(i) for _, rows in picks.values() for i in rows["pair_id"]})
     pair_imgs = _pair_images(ds, needed, source)
     if pair_imgs:
-        classes = lab[3] if lab is not None else None
+        classes = lab.classes if lab is not None else None
         for fn, (title, rows) in picks.items():
             caps = None
             if lab is not None:
                 name = (lambda c: classes[int(c)]) if classes else (lambda c: str(int(c)))
-                caps = [f"{name(lab[0].iloc[i]) if pd.notna(lab[0].iloc[i]) else '?'} / "
-                        f"{name(lab[1].iloc[i]) if pd.notna(lab[1].iloc[i]) else '?'}" for i in rows["pair_id"]]
+                caps = [f"{name(lab.anchor.iloc[i]) if pd.notna(lab.anchor.iloc[i]) else '?'} / "
+                        f"{name(lab.positive.iloc[i]) if pd.notna(lab.positive.iloc[i]) else '?'}" for i in rows["pair_id"]]
             images[fn] = _grid(title, rows, pair_imgs, caps)
     else:
         metrics["grids"] = "skipped: a reference dataset needs its source (--labels-from SRC) to show images"

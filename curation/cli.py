@@ -17,8 +17,11 @@ EXAMPLE = (
 def curate_command(
     source: str | None = typer.Option(None, help="Image source: imagefolder:DIR, webdataset:PATTERN, digits, "
                                        "cifar10:ROOT, hf:OWNER/NAME[@REV][:SPLIT]."),
-    encoder: str | None = typer.Option(None, help="open_clip:MODEL[/TAG|FILE], timm:NAME[/FILE], torchvision:NAME[/W|FILE], "
-                                                  "ckpt:PATH or pixels[:SIZE]."),
+    encoder: str | None = typer.Option(None, help="open_clip:MODEL[/TAG|FILE], timm:NAME[/FILE], "
+                                                  "torchvision:NAME[/W|FILE|random], ckpt:PATH or pixels[:SIZE]. "
+                                                  "Default: pixels (the image downsampled to "
+                                                  "16x16, mean removed: a no-model baseline; use a real encoder for "
+                                                  "semantic pairs)."),
     store: Path | None = typer.Option(None, help="Store root; the version lands in STORE/NAME/VERSION."),
     name: str | None = typer.Option(None, help="Dataset name."),
     version: str | None = typer.Option(None, help="Semver version (default 1.0.0)."),
@@ -36,24 +39,27 @@ def curate_command(
     batch_size: int | None = typer.Option(None, help="Embedding batch size (default 256)."),
     num_workers: int | None = typer.Option(None, help="DataLoader decode workers (default 2)."),
     dtype: str | None = typer.Option(None, help="Cache dtype: float32 or float16."),
+    precision: str | None = typer.Option(None, help="auto (bf16 autocast + channels_last where the CPU has avx512_bf16/"
+                                         "AMX or on CUDA, else fp32), fp32 or bf16."),
     seed: int | None = typer.Option(None, help="Seed (IVF training sample)."),
     config: Path | None = typer.Option(None, help="YAML config; flags override its keys."),
     as_json: bool = typer.Option(False, "--json", help="Print the published path and stats as JSON."),
 ) -> None:
     """Mine semantic positive pairs from an image collection and publish them as a pair dataset."""
     from curation.pipeline import CurateConfig, curate
-    from semipairs.cli import _fail, out
+    from semipairs.console import fail, out
     from semipairs.errors import SemipairsError
 
     overrides = dict(source=source, encoder=encoder, store=store, name=name, version=version, k=k, min_score=min_score,
                      min_score_quantile=min_score_quantile, mutual=mutual, max_per_anchor=max_per_anchor,
                      duplicate_threshold=duplicate_threshold, csls=csls, metric=metric, layout=layout, embeddings=embeddings,
-                     image_size=image_size, batch_size=batch_size, num_workers=num_workers, dtype=dtype, seed=seed)
+                     image_size=image_size, batch_size=batch_size, num_workers=num_workers, dtype=dtype, precision=precision,
+                     seed=seed)
     try:
         cfg = CurateConfig.from_sources(config, overrides)
         result = curate(cfg, progress=not as_json)
     except SemipairsError as exc:
-        _fail(exc)
+        fail(exc)
     if result.path is None:  # a non-zero torchrun rank
         return
     if as_json:
@@ -61,7 +67,10 @@ def curate_command(
         return
     s = result.stats
     prec = "" if s["label_precision"] is None else f", label precision {s['label_precision']:.1%}"
-    out.print(f"published {result.path}: {s['num_pairs']} pairs, coverage {s['coverage']:.1%}{prec}")
+    out.print(f"published {result.path}: {s['num_pairs']} pairs, coverage {s['coverage']:.1%}{prec}", soft_wrap=True,
+              highlight=False)
+    out.print(f"next: semipairs audit {result.path}   |   semipairs train --data {cfg.source} --pairs {result.path} "
+              "--out runs/with-pairs", soft_wrap=True, highlight=False)
 
 
 def audit_command(
@@ -73,8 +82,8 @@ def audit_command(
 ) -> None:
     """Audit pair quality: metrics.json, score / precision-coverage / hubness plots, pair grids, report.html."""
     from curation.audit import audit
-    from semipairs.cli import _fail, err
-    from semipairs.cli import out as console
+    from semipairs.console import err, fail
+    from semipairs.console import out as console
     from semipairs.dataset import load
     from semipairs.errors import SemipairsError
 
@@ -83,7 +92,7 @@ def audit_command(
         target = out or Path(f"audit-{ds.manifest.name}-{ds.manifest.version}")
         result = audit(ds, target, labels_from=labels_from)
     except SemipairsError as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
         sys.stdout.write(json.dumps(result.metrics, indent=1) + "\n")
         return
@@ -93,7 +102,42 @@ def audit_command(
     console.print(f"report: {result.out / 'report.html'}")
 
 
+def quickstart_command(
+    out_dir: Path = typer.Option(Path("semipairs-quickstart"), "--out", help="Where the store, runs and audit go."),
+    source: str = typer.Option("digits", help="Labelled image source (default: scikit-learn's bundled digits, offline)."),
+    steps: int = typer.Option(150, min=1, help="Optimizer steps of each of the two training runs."),
+    image_size: int = typer.Option(16, min=8, help="Training input size (digits are 8 px, upsampled)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+) -> None:
+    """Offline tour: pretrain MoCo-v2, curate pairs with it, audit, retrain with the pairs, compare kNN top-1."""
+    from rich.table import Table
+
+    from curation.quickstart import run_quickstart
+    from semipairs.console import note, out
+
+    result = run_quickstart(out_dir, source=source, steps=steps, image_size=image_size, progress=not as_json,
+                            log=(lambda _: None) if as_json else note)
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+        return
+    t = Table(title=f"semipairs quickstart on {result['source']} ({result['steps_per_run']} steps per run)")
+    for col in ("run", "pairs", "pair precision", "coverage", "kNN top-1 (held-out fifth)"):
+        t.add_column(col)
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1%}"
+
+    for r in result["rows"]:
+        knn = "-" if r["knn_top1"] is None else f"{r['knn_top1']:.1f}%"
+        t.add_row(r["run"], "-" if r["pairs"] is None else str(r["pairs"]), pct(r["label_precision"]), pct(r["coverage"]), knn)
+    out.print(t)
+    out.print(f"pair dataset: {result['dataset']}\naudit report: {result['audit']}\n"
+              f"runs: {Path(result['out']) / 'runs'}   ({result['seconds']:.0f} s)", soft_wrap=True, highlight=False)
+
+
 def register(app: typer.Typer) -> None:
     app.command("curate", epilog=EXAMPLE)(curate_command)
     app.command("audit", epilog="Example: semipairs audit store/photo-pairs --labels-from imagefolder:photos --out audit")(
         audit_command)
+    app.command("quickstart", epilog="Example: semipairs quickstart --out /tmp/sp   (or --source imagefolder:photos for "
+                "your images)")(quickstart_command)

@@ -19,7 +19,10 @@ from tqdm.auto import tqdm
 
 from curation.encoders import Encoder
 from curation.vectors import EmbeddingError, Embeddings
-from semipairs.atomic import atomic_write
+from semipairs.atomic import atomic_write, write_text
+from semipairs.decoded import DecodedImages, decode_source
+from semipairs.dist import rank_world
+from semipairs.precision import Precision, resolve_precision
 from semipairs.sources.base import ImageSource, Skipped
 
 
@@ -28,8 +31,8 @@ class _Images(Dataset):
 
     def __init__(self, source: ImageSource, encoder: Encoder) -> None:
         self.source, self.transform = source, encoder.transform
-        size = encoder.info.image_size or 224
-        self.blank = torch.zeros(3, size, size)
+        self.size = encoder.info.image_size or 224
+        self.blank = torch.zeros(3, self.size, self.size)
 
     def __len__(self) -> int:
         return len(self.source)
@@ -37,7 +40,7 @@ class _Images(Dataset):
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor, str]:
         try:
             item = self.source.read(i)
-            return i, self.transform(item.image("RGB")), ""
+            return i, self.transform(item.image("RGB", at_least=self.size)), ""
         except Exception as exc:  # noqa: BLE001 - any unreadable image is skipped, by contract
             return i, self.blank, f"{type(exc).__name__}: {exc}"
 
@@ -58,8 +61,8 @@ class _ChunkBatches(Sampler[list[int]]):
         return sum(-(-(min(self.n, (c + 1) * self.chunk_size) - c * self.chunk_size) // self.batch_size) for c in self.chunks)
 
 
-def cache_key(source: ImageSource, encoder: Encoder, chunk_size: int, dtype: str) -> str:
-    h = hashlib.sha256(f"{source.fingerprint()}\n{encoder.fingerprint}\n{chunk_size}\n{dtype}".encode())
+def cache_key(source: ImageSource, encoder: Encoder, chunk_size: int, dtype: str, variant: str = "") -> str:
+    h = hashlib.sha256(f"{source.fingerprint()}\n{encoder.fingerprint}\n{chunk_size}\n{dtype}\n{variant}".encode())
     return h.hexdigest()[:20]
 
 
@@ -72,12 +75,6 @@ def _write_chunk(path: Path, vectors: np.ndarray, ok: np.ndarray, reasons: dict[
         np.savez(f, vectors=vectors, ok=ok, reasons=np.array(json.dumps(reasons)))
 
 
-def dist_info() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 def embed_source(
     source: ImageSource,
     encoder: Encoder,
@@ -88,61 +85,81 @@ def embed_source(
     dtype: str = "float32",
     device: str | None = None,
     progress: bool = True,
+    precision: str = "fp32",
+    decode_budget: int | None = 0,
 ) -> Embeddings:
     """Embed every image of ``source`` (cached, resumable); under torch.distributed every rank returns
-    after all chunks exist, each having computed its share."""
+    after all chunks exist, each having computed its share.
+
+    An encoder whose preprocessing is the decoded cache's geometry (``Encoder.decoded_size``: pixels and
+    training checkpoints at small sizes) reads its images from ``semipairs.decoded`` when the source fits
+    ``decode_budget`` bytes (None: the default share of RAM; 0: always stream). Path and precision are
+    part of the cache key, so a resumed run never mixes embeddings made two ways."""
     if dtype not in ("float32", "float16"):
         raise EmbeddingError(f"dtype must be float32 or float16, not {dtype!r}")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    prec = resolve_precision(precision, device)
+    decoded = None
+    if encoder.decoded_size is not None:
+        decoded = decode_source(source, encoder.decoded_size, budget_bytes=decode_budget, workers=max(1, num_workers))
     n = len(source)
-    cache = Path(cache_root) / cache_key(source, encoder, chunk_size, dtype)
+    variant = f"{prec.name}|{'decoded' if decoded is not None else 'streamed'}"
+    cache = Path(cache_root) / cache_key(source, encoder, chunk_size, dtype, variant)
     cache.mkdir(parents=True, exist_ok=True)
-    (cache / "info.json").write_text(json.dumps({"source": source.spec, "encoder": encoder.info.model_dump(),
-                                                 "n": n, "chunk_size": chunk_size, "dtype": dtype}, indent=1))
+    write_text(cache / "info.json", json.dumps({"source": source.spec, "encoder": encoder.info.model_dump(),
+                                                 "n": n, "chunk_size": chunk_size, "dtype": dtype, "variant": variant},
+                                                indent=1))
     num_chunks = -(-n // chunk_size)
-    rank, world = dist_info()
+    rank, world = rank_world()
     todo = [c for c in range(num_chunks) if c % world == rank and not _chunk_path(cache, c).exists()]
     if todo:
-        _compute(source, encoder, cache, todo, chunk_size, batch_size, num_workers, dtype, device, progress)
+        sampler = _ChunkBatches(todo, chunk_size, n, batch_size)
+        batches = _decoded_batches(decoded, encoder, sampler) if decoded is not None else \
+            _streamed_batches(source, encoder, sampler, num_workers, prec.device_type == "cuda")
+        total = sum(min(n, (c + 1) * chunk_size) - c * chunk_size for c in todo)
+        _compute(batches, encoder, cache, chunk_size, dtype, device, prec, total, progress)
     if world > 1:
         torch.distributed.barrier()
     return _assemble(source, cache, num_chunks)
 
 
-def _compute(source, encoder, cache, todo, chunk_size, batch_size, num_workers, dtype, device, progress) -> None:
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    on_gpu = device.startswith("cuda")
-    model = encoder.model.to(device)
-    if on_gpu:
-        model = model.to(memory_format=torch.channels_last)
-    n = len(source)
-    loader = DataLoader(
-        _Images(source, encoder),
-        batch_sampler=_ChunkBatches(todo, chunk_size, n, batch_size),
-        num_workers=num_workers,
-        pin_memory=on_gpu,
-        persistent_workers=False,
-        prefetch_factor=4 if num_workers else None,
-    )
-    bar = tqdm(total=sum(min(n, (c + 1) * chunk_size) - c * chunk_size for c in todo), desc="embed", unit="img",
-               disable=not progress)
+Batches = Iterator[tuple[list[int], torch.Tensor, list[str]]]  # (source rows, model input, error per row or "")
+
+
+def _streamed_batches(source: ImageSource, encoder: Encoder, sampler: Sampler, num_workers: int, pin: bool) -> Batches:
+    loader = DataLoader(_Images(source, encoder), batch_sampler=sampler, num_workers=num_workers, pin_memory=pin,
+                        persistent_workers=False, prefetch_factor=4 if num_workers else None)
+    for idx, images, errs in loader:
+        yield idx.tolist(), images, list(errs)
+
+
+def _decoded_batches(decoded: DecodedImages, encoder: Encoder, sampler: Sampler) -> Batches:
+    """Consecutive rows of the decoded array as the encoder's input (its transform, done as one batch)."""
+    norm = None if encoder.normalise is None else [torch.tensor(v).view(1, 3, 1, 1) for v in encoder.normalise]
+    for idx in sampler:
+        x = torch.from_numpy(np.array(decoded.images[idx[0]:idx[-1] + 1])).permute(0, 3, 1, 2).float().div_(255)
+        if norm is not None:
+            x = (x - norm[0]) / norm[1]
+        yield list(idx), x, [decoded.reasons[i][1] if i in decoded.reasons else "" for i in idx]
+
+
+def _compute(batches: Batches, encoder: Encoder, cache: Path, chunk_size: int, dtype: str, device: str, prec: Precision,
+             total: int, progress: bool) -> None:
+    model = prec.prepare_model(encoder.model.to(device))
+    bar = tqdm(total=total, desc="embed", unit="img", disable=not progress)
     np_dtype = np.float16 if dtype == "float16" else np.float32
     current, rows, oks, reasons = -1, [], [], {}
-    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
-        for idx, images, errs in loader:
-            c = int(idx[0]) // chunk_size
+    with torch.inference_mode(), prec.autocast():
+        for idx, images, errs in batches:
+            c = idx[0] // chunk_size
             if c != current:
                 if current >= 0:
                     _write_chunk(_chunk_path(cache, current), np.concatenate(rows), np.concatenate(oks), reasons)
                 current, rows, oks, reasons = c, [], [], {}
-            images = images.to(device, non_blocking=True)
-            if on_gpu:
-                images = images.contiguous(memory_format=torch.channels_last)
-            feats = encoder.model(images).flatten(1).float()
-            feats = torch.nn.functional.normalize(feats, dim=1)
+            images = prec.prepare_input(images.to(device, non_blocking=True))
+            feats = torch.nn.functional.normalize(model(images).flatten(1).float(), dim=1)
             ok = np.array([not e for e in errs])
-            for i, e in zip(idx.tolist(), errs):
-                if e:
-                    reasons[i] = e
+            reasons.update({i: e for i, e in zip(idx, errs) if e})
             vec = feats.cpu().numpy().astype(np_dtype)
             vec[~ok] = 0
             rows.append(vec)
@@ -163,4 +180,4 @@ def _assemble(source: ImageSource, cache: Path, num_chunks: int) -> Embeddings:
             skipped += [Skipped(keys[int(i)], r) for i, r in json.loads(str(z["reasons"])).items()]
     vectors = np.concatenate(vecs) if vecs else np.zeros((0, 0), np.float32)
     ok = np.concatenate(oks) if oks else np.zeros(0, bool)
-    return Embeddings(vectors, ok, skipped, cache)
+    return Embeddings(vectors, ok, skipped)

@@ -11,6 +11,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from semipairs.manifest import IndexInfo
+from semipairs.vectors import without_self
 
 
 @dataclass
@@ -57,8 +58,8 @@ def build_index(x: np.ndarray, cfg: IndexConfig) -> tuple[faiss.Index, IndexInfo
 def search(index: faiss.Index, x: np.ndarray, k: int, batch: int, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` neighbours of every row of ``x`` (self excluded): (scores, ids), each N x k.
 
-    Scores are similarities, higher is closer (negated squared distance under l2). Rows where self is
-    not among the k+1 results (exact duplicates tie with it) drop their last result instead.
+    Scores are similarities, higher is closer (negated squared distance under l2); self is dropped by
+    ``semipairs.vectors.without_self``.
     """
     n = len(x)
     scores = np.empty((n, k), np.float32)
@@ -67,12 +68,5 @@ def search(index: faiss.Index, x: np.ndarray, k: int, batch: int, progress: bool
     for start in tqdm(range(0, n, batch), desc="search", unit="batch", disable=not progress):
         stop = min(n, start + batch)
         d, i = index.search(x[start:stop], k + 1)
-        if l2:
-            d = -d
-        own = i == np.arange(start, stop)[:, None]
-        drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
-        keep = np.ones_like(own)
-        keep[np.arange(stop - start), drop] = False
-        scores[start:stop] = d[keep].reshape(-1, k)
-        ids[start:stop] = i[keep].reshape(-1, k)
+        scores[start:stop], ids[start:stop] = without_self(-d if l2 else d, i, start, k)
     return scores, ids

@@ -39,16 +39,15 @@ class MiningResult:
     threshold: float | None = None
 
 
-def mine(scores: np.ndarray, ids: np.ndarray, cfg: MiningConfig, valid: np.ndarray | None = None) -> MiningResult:
-    """Pairs from ``scores``/``ids`` (N x k, best first, self excluded); ``valid`` masks unreadable rows."""
+def mine(scores: np.ndarray, ids: np.ndarray, cfg: MiningConfig) -> MiningResult:
+    """Pairs from ``scores``/``ids`` (N x k, best first, self excluded; every row a readable image)."""
     n, k = ids.shape
     k = min(k, cfg.k)
     scores, ids = scores[:, :k], ids[:, :k]
-    valid = np.ones(n, bool) if valid is None else valid
     anchor = np.repeat(np.arange(n), k)
     pos, sc = ids.ravel(), scores.ravel().astype(np.float32)
     rank = np.tile(np.arange(1, k + 1, dtype=np.int16), n)
-    ok = (pos >= 0) & valid[anchor] & valid[np.clip(pos, 0, n - 1)]
+    ok = pos >= 0
     counts = {"candidates": int(ok.sum())}
 
     edge = anchor.astype(np.int64) * n + pos
@@ -59,7 +58,7 @@ def mine(scores: np.ndarray, ids: np.ndarray, cfg: MiningConfig, valid: np.ndarr
 
     rank_score = sc
     if cfg.csls:
-        r = np.where(valid, scores.mean(axis=1), 0).astype(np.float32)
+        r = scores.mean(axis=1).astype(np.float32)
         rank_score = 2 * sc - r[anchor] - r[np.clip(pos, 0, n - 1)]
 
     if cfg.duplicate_threshold is not None:

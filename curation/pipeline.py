@@ -13,15 +13,15 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from curation.index import IndexConfig, build_index, search
 from curation.mine import MiningConfig, MiningResult, mine
-from curation.vectors import check_finite, load_embeddings, normalise_
+from curation.vectors import drop_degenerate, load_embeddings, normalise_
+from semipairs.config import read_yaml
 from semipairs.errors import SemipairsError
-from semipairs.manifest import EncoderInfo, IndexInfo, MiningInfo
-from semipairs.publish import PublishRequest, publish, version_dir
+from semipairs.manifest import EncoderInfo, IndexInfo, MiningInfo, check_name, check_version
+from semipairs.publish import PublishRequest, new_version_dir, publish
 from semipairs.sources import open_source
 from semipairs.sources.base import ImageSource
 
@@ -44,6 +44,9 @@ class CurateConfig(BaseModel):
     dtype: Literal["float32", "float16"] = "float32"
     cache_dir: Path | None = Field(None, description="embedding cache; default STORE/.cache/embeddings")
     device: str | None = None
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast where the hardware has it")
+    decode_budget_gb: float | None = Field(None, ge=0, description="pixels / ckpt encoders read a decoded uint8 cache "
+                                           "when the source fits (default a quarter of RAM; 0: always stream)")
     metric: Literal["cosine", "l2"] = "cosine"
     exact_max: int = 200_000
     nprobe: int = 32
@@ -51,17 +54,20 @@ class CurateConfig(BaseModel):
     audit: bool = Field(True, description="write audit/ (metrics, plots, report.html) into the version")
     mining: MiningConfig = Field(default_factory=MiningConfig)
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        return check_name(v)  # checked before any image is read, with the message pack gives
+
+    @field_validator("version")
+    @classmethod
+    def _semver(cls, v: str) -> str:
+        return check_version(v)
+
     @classmethod
     def from_sources(cls, yaml_path: Path | None, overrides: dict[str, Any]) -> CurateConfig:
         """YAML file (if any) then flag overrides; mining keys may sit at top level or under ``mining``."""
-        raw: dict[str, Any] = {}
-        if yaml_path is not None:
-            try:
-                raw = yaml.safe_load(Path(yaml_path).read_text()) or {}
-            except (OSError, yaml.YAMLError) as exc:
-                raise SemipairsError(f"{yaml_path}: cannot read config: {exc}") from None
-            if not isinstance(raw, dict):
-                raise SemipairsError(f"{yaml_path}: config must be a mapping")
+        raw = read_yaml(yaml_path)
         mining = dict(raw.pop("mining", {}) or {})
         for key in MiningConfig.model_fields:
             if key in raw:
@@ -74,7 +80,8 @@ class CurateConfig(BaseModel):
             return cls.model_validate(raw)
         except ValidationError as exc:
             where = str(yaml_path) if yaml_path else "options"
-            problems = "; ".join(f"'{'.'.join(map(str, e['loc']))}': {e['msg']}" for e in exc.errors()[:4])
+            problems = "; ".join(f"--{str(e['loc'][-1]).replace('_', '-')} (key '{'.'.join(map(str, e['loc']))}'): "
+                                 f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors()[:4])
             raise SemipairsError(f"{where}: invalid curate config: {problems}") from None
 
 
@@ -107,9 +114,7 @@ def _audit_hook(root: Path) -> str:
 
 def curate(cfg: CurateConfig, progress: bool = True) -> CurateResult:
     """Embed (or load) -> index -> mine -> publish one immutable version; under torchrun rank 0 publishes."""
-    target = version_dir(cfg.store, cfg.name, cfg.version)
-    if target.exists():
-        raise SemipairsError(f"{target}: version {cfg.version} of {cfg.name!r} already exists; versions are immutable")
+    new_version_dir(cfg.store, cfg.name, cfg.version)
     source = open_source(cfg.source)
     n = len(source)
     if n == 0:
@@ -118,7 +123,7 @@ def curate(cfg: CurateConfig, progress: bool = True) -> CurateResult:
         raise SemipairsError(f"k={cfg.mining.k} must be smaller than the number of images ({n})")
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torch is imported only for a torchrun group
-        from semipairs.torch_data import distributed
+        from semipairs.dist import distributed
 
         with distributed() as (rank, _):
             return _curate(cfg, source, rank, progress)
@@ -130,7 +135,7 @@ def _curate(cfg: CurateConfig, source: ImageSource, rank: int, progress: bool) -
     keys = source.keys()
     if cfg.embeddings is not None:
         emb = load_embeddings(cfg.embeddings, source)
-        check_finite(emb, keys, str(cfg.embeddings))
+        drop_degenerate(emb, keys)
         normalise_(emb.vectors)
         encoder_info = EncoderInfo(kind="precomputed", name=Path(cfg.embeddings).name, dim=int(emb.vectors.shape[1]))
         from semipairs.hashing import sha256_file
@@ -142,9 +147,10 @@ def _curate(cfg: CurateConfig, source: ImageSource, rank: int, progress: bool) -
 
         encoder = load_encoder(cfg.encoder, cfg.image_size)
         cache = cfg.cache_dir or Path(cfg.store) / ".cache" / "embeddings"
+        budget = None if cfg.decode_budget_gb is None else int(cfg.decode_budget_gb * 2**30)
         emb = embed_source(source, encoder, cache, cfg.batch_size, cfg.num_workers, cfg.chunk_size, cfg.dtype,
-                           cfg.device, progress and rank == 0)
-        check_finite(emb, keys, f"embeddings of {cfg.encoder}")
+                           cfg.device, progress and rank == 0, precision=cfg.precision, decode_budget=budget)
+        drop_degenerate(emb, keys)
         encoder_info = encoder.info
     if rank != 0:
         return CurateResult(None, {}, {})
@@ -166,11 +172,10 @@ def _curate(cfg: CurateConfig, source: ImageSource, rank: int, progress: bool) -
         "rank": result.pairs["rank"].to_numpy(np.int16),
         "mutual": result.pairs["mutual"].to_numpy(bool),
     })
-    source.skipped[:] = emb.skipped
     mining_info = MiningInfo(**cfg.mining.model_dump(), resolved_threshold=result.threshold, counts=result.counts)
     path = publish(PublishRequest(
         store=Path(cfg.store), name=cfg.name, version=cfg.version, source=source, pairs=pairs, layout=cfg.layout,
-        encoder=encoder_info, index=index_info, mining=mining_info, config=cfg.model_dump(mode="json"),
+        encoder=encoder_info, index=index_info, mining=mining_info, config=cfg.model_dump(mode="json"), skipped=emb.skipped,
         shard_size=cfg.shard_size, check_images=False, progress=progress, audit=_audit_hook if cfg.audit else None,
     ))
     from semipairs.dataset import PairDataset

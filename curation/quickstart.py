@@ -8,6 +8,7 @@ images -> one table. About 2-3 minutes on a 2-core CPU with the defaults.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +46,16 @@ def _knn_heldout(checkpoint: Path, source_spec: str, num_workers: int) -> float 
 
 
 def run_quickstart(out: Path, source: str = "digits", steps: int = 150, batch_size: int = 64, image_size: int = 16,
-                   num_workers: int = 0, progress: bool = True) -> dict[str, Any]:
+                   num_workers: int = 0, progress: bool = True, log: Callable[[str], None] = lambda _: None,
+                   ) -> dict[str, Any]:
+    """The five stages, each announced through ``log`` (the CLI prints it; the library never does)."""
     from training.trainer import TrainConfig, train
 
     out = Path(out)
     store, t0 = out / "store", time.perf_counter()
+
+    def stage(i: int, text: str) -> None:
+        log(f"[{i}/5] {text}  ({time.perf_counter() - t0:.0f} s so far)")
 
     def train_run(name: str, pairs: str | None) -> Path:
         run = out / "runs" / name
@@ -59,7 +65,10 @@ def run_quickstart(out: Path, source: str = "digits", steps: int = 150, batch_si
         train(cfg, progress=progress)
         return run / "checkpoint.pt"
 
+    open_source(source)  # a bad source fails here, before any stage starts
+    stage(1, f"pretrain MoCo-v2 on {source}: {steps} steps of batch {batch_size}")
     baseline = train_run("baseline", None)
+    stage(2, "curate semantic pairs with that checkpoint (ckpt: encoder, mutual kNN) and audit them")
     name = "quickstart-pairs"
     cur = curate(CurateConfig(source=source, encoder=f"ckpt:{baseline}", store=store, name=name,
                               version=next_version(store / name), num_workers=num_workers, cache_dir=out / "cache",
@@ -68,7 +77,9 @@ def run_quickstart(out: Path, source: str = "digits", steps: int = 150, batch_si
     report = verify_version(cur.path)
     if not report.ok:
         raise StoreError(f"{cur.path}: published but does not verify: {report.problems[0]}")
+    stage(3, f"train MoCo-v2 again with the {cur.stats['num_pairs']} pairs: {steps} steps")
     with_pairs = train_run("with-pairs", str(cur.path))
+    stage(4, "kNN top-1 of both runs on a held-out fifth")
     s = cur.stats
     rows = [
         {"run": "MoCo-v2", "pairs": None, "label_precision": None, "coverage": None,
@@ -76,5 +87,6 @@ def run_quickstart(out: Path, source: str = "digits", steps: int = 150, batch_si
         {"run": "MoCo-v2 + semantic pairs", "pairs": s["num_pairs"], "label_precision": s["label_precision"],
          "coverage": s["coverage"], "knn_top1": _knn_heldout(with_pairs, source, num_workers), "checkpoint": str(with_pairs)},
     ]
+    stage(5, "done")
     return {"out": str(out), "source": source, "steps_per_run": steps, "dataset": str(cur.path),
             "audit": str(cur.path / "audit" / "report.html"), "rows": rows, "seconds": round(time.perf_counter() - t0, 1)}

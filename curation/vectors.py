@@ -13,12 +13,11 @@ import numpy as np
 
 from semipairs.errors import SemipairsError
 from semipairs.sources.base import ImageSource, Skipped
-
-BLOCK = 65_536
+from semipairs.vectors import BLOCK, normalise_rows_
 
 
 class EmbeddingError(SemipairsError):
-    """Embeddings that cannot be used: wrong row count, NaN or inf, zero vectors."""
+    """Embeddings that cannot be used: wrong row count or shape, no usable row at all."""
 
 
 @dataclass
@@ -28,7 +27,6 @@ class Embeddings:
     vectors: np.ndarray
     ok: np.ndarray
     skipped: list[Skipped] = field(default_factory=list)
-    cache_dir: Path | None = None
 
 
 def load_embeddings(path: str | Path, source: ImageSource) -> Embeddings:
@@ -58,24 +56,28 @@ def load_embeddings(path: str | Path, source: ImageSource) -> Embeddings:
     return Embeddings(out, np.ones(len(out), bool))
 
 
-def check_finite(emb: Embeddings, keys: list[str], where: str) -> None:
-    """NaN, inf or all-zero rows (among readable images) are an error naming the first key."""
-    x = emb.vectors
+def drop_degenerate(emb: Embeddings, keys: list[str]) -> int:
+    """Rows holding NaN or inf, or all zeros (a constant image under ``pixels``), are skipped like unreadable
+    images: ``ok`` False, listed in ``skipped`` with the reason. Returns how many; an error if none is left."""
+    x, dropped = emb.vectors, 0
     for start in range(0, len(x), BLOCK):
         block = x[start:start + BLOCK]
-        bad = ~np.isfinite(block).all(axis=1)
-        if bad.any():
-            i = start + int(np.flatnonzero(bad)[0])
-            raise EmbeddingError(f"{where}: row(s) hold NaN or inf, first row {i} (key {keys[i]!r})")
-        zero = emb.ok[start:start + BLOCK] & ~block.any(axis=1)
-        if zero.any():
-            i = start + int(np.flatnonzero(zero)[0])
-            raise EmbeddingError(f"{where}: zero row(s) cannot be normalised, first row {i} (key {keys[i]!r})")
+        ok = emb.ok[start:start + BLOCK]
+        finite = np.isfinite(block).all(axis=1)
+        zero = finite & ~block.any(axis=1)
+        for i in np.flatnonzero(ok & ~finite):
+            emb.skipped.append(Skipped(keys[start + i], "embedding holds NaN or inf"))
+        for i in np.flatnonzero(ok & zero):
+            emb.skipped.append(Skipped(keys[start + i], "embedding is all zeros (a constant image?): no direction"))
+        bad = ok & (~finite | zero)
+        block[bad] = 0
+        ok[bad] = False
+        dropped += int(bad.sum())
+    if len(x) and not emb.ok.any():
+        raise EmbeddingError(f"no usable embedding: all {len(x)} rows are unreadable, NaN/inf or zero")
+    return dropped
 
 
 def normalise_(x: np.ndarray) -> np.ndarray:
-    """L2-normalise float32 rows in place, block by block; returns ``x``."""
-    for start in range(0, len(x), BLOCK):
-        block = x[start:start + BLOCK]
-        block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
-    return x
+    """L2-normalise rows in place (``semipairs.vectors.normalise_rows_``: safe for huge finite values)."""
+    return normalise_rows_(x)

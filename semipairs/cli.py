@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from semipairs.console import GuardedTyper, err, fail, out
 from semipairs.errors import SemipairsError
 
-app = typer.Typer(
+app = GuardedTyper(
     name="semipairs",
     help="Curate, publish and load semantic positive pairs for self-supervised learning.",
     no_args_is_help=True,
@@ -22,13 +22,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # help texts show spec grammar like [/TAG|FILE] literally
 )
-err = Console(stderr=True)
-out = Console()
 
 
-def _fail(exc: Exception, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code)
+def _show_version(value: bool) -> None:
+    if value:
+        from semipairs import __version__
+
+        out.print(f"semipairs {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Curate, publish and load semantic positive pairs for self-supervised learning."""
 
 
 def _print_json(obj: Any) -> None:
@@ -53,11 +60,11 @@ def pack(
     from semipairs.pack import pack as do_pack
 
     if layout not in ("embedded", "reference"):
-        _fail(ValueError(f"--layout must be 'embedded' or 'reference', not {layout!r}"))
+        fail(ValueError(f"--layout must be 'embedded' or 'reference', not {layout!r}"))
     try:
         path = do_pack(source, pairs, store, name, version, layout=layout, shard_size=shard_size, progress=not as_json)  # type: ignore[arg-type]
     except (SemipairsError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
     info_ = PairDataset(path).info()
     if as_json:
         _print_json(info_)
@@ -77,7 +84,7 @@ def info(
     try:
         data = load(path, version).info()
     except SemipairsError as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
         _print_json(data)
         return
@@ -104,15 +111,10 @@ def verify(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Check checksums, sample counts and pairs.parquet-vs-shard agreement. Exit 1 on any mismatch."""
-    from semipairs.dataset import load
+    from semipairs.dataset import version_path
     from semipairs.verify import verify_version
 
-    try:
-        target = load(path, version).path
-    except SemipairsError as exc:
-        if version is not None or not Path(path).is_dir():
-            _fail(exc)
-        target = Path(path)  # an unreadable manifest still gets a report
+    target = version_path(path, version)  # found without reading the manifest: a broken one gets a report
     report = verify_version(target)
     if as_json:
         _print_json(report.to_dict())
@@ -142,7 +144,7 @@ def push(
         target = load(path, version).path
         result = do_push(target, repo_id, private=private, tag=revision_tag)
     except SemipairsError as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
         _print_json(result.__dict__)
     elif result.uploaded:
@@ -165,46 +167,13 @@ def pull(
     try:
         ds = load(uri)
     except SemipairsError as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
         _print_json(ds.info())
     else:
         m = ds.manifest
         out.print(f"ok: {uri} -> {ds.path}", soft_wrap=True)
         out.print(f"{m.name} {m.version}: {m.stats.num_pairs} pairs, content_hash {m.content_hash}", soft_wrap=True)
-
-
-@app.command(epilog="Example: semipairs quickstart --out /tmp/sp   (or --source imagefolder:photos for your images)")
-def quickstart(
-    out_dir: Path = typer.Option(Path("semipairs-quickstart"), "--out", help="Where the store, runs and audit go."),
-    source: str = typer.Option("digits", help="Labelled image source (default: scikit-learn's bundled digits, offline)."),
-    steps: int = typer.Option(150, min=1, help="Optimizer steps of each of the two training runs."),
-    image_size: int = typer.Option(16, min=8, help="Training input size (digits are 8 px, upsampled)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
-) -> None:
-    """Offline tour: pretrain MoCo-v2, curate pairs with it, audit, retrain with the pairs, compare kNN top-1."""
-    from curation.quickstart import run_quickstart
-
-    try:
-        result = run_quickstart(out_dir, source=source, steps=steps, image_size=image_size, progress=not as_json)
-    except SemipairsError as exc:
-        _fail(exc)
-    if as_json:
-        _print_json(result)
-        return
-    t = Table(title=f"semipairs quickstart on {result['source']} ({result['steps_per_run']} steps per run)")
-    for col in ("run", "pairs", "pair precision", "coverage", "kNN top-1 (held-out fifth)"):
-        t.add_column(col)
-
-    def pct(v: float | None) -> str:
-        return "-" if v is None else f"{v:.1%}"
-
-    for r in result["rows"]:
-        knn = "-" if r["knn_top1"] is None else f"{r['knn_top1']:.1f}%"
-        t.add_row(r["run"], "-" if r["pairs"] is None else str(r["pairs"]), pct(r["label_precision"]), pct(r["coverage"]), knn)
-    out.print(t)
-    out.print(f"pair dataset: {result['dataset']}\naudit report: {result['audit']}\n"
-              f"runs: {Path(result['out']) / 'runs'}   ({result['seconds']} s)")
 
 
 def _register_optional() -> None:

@@ -6,7 +6,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from semipairs.errors import StoreError
+from semipairs.errors import ShardReadError, StoreError
 from semipairs.manifest import MANIFEST_NAME, PAIRS_NAME, Manifest, read_manifest, semver_key
 from semipairs.verify import VerifyReport, verify_version
 
@@ -69,7 +69,7 @@ class PairDataset:
             from semipairs.sources import open_source
 
             source = open_source(source)
-        unknown = set(self.table["anchor_key"]).union(self.table["positive_key"]) - source.index_of().keys()
+        unknown = source.unknown_keys(self.table["anchor_key"].tolist() + self.table["positive_key"].tolist())
         if unknown:
             raise StoreError(f"{source.spec}: lacks keys of {self.path}: {sorted(unknown)[:5]} ({len(unknown)} in all)")
         rows = self.table.astype(object).where(self.table.notna(), None).to_dict("records")
@@ -81,11 +81,27 @@ class PairDataset:
         import datasets
 
         if self.manifest.layout == "embedded":
+            self._check_shard_sizes()
             files = [str(p) for p in self.shards]
-            return datasets.load_dataset("webdataset", data_files={"train": files}, split="train", streaming=streaming, **kwargs)
+            try:
+                return datasets.load_dataset("webdataset", data_files={"train": files}, split="train", streaming=streaming,
+                                             **kwargs)
+            except Exception as exc:  # noqa: BLE001 - datasets wraps reader errors in its own generic error
+                cause = exc.__cause__ or exc
+                raise ShardReadError(f"{self.path}: the datasets webdataset reader failed on its shards "
+                                     f"({type(cause).__name__}: {cause}); run `semipairs verify {self.path}`") from None
         return datasets.load_dataset(
             "parquet", data_files={"train": [str(self.path / PAIRS_NAME)]}, split="train", streaming=streaming, **kwargs
         )
+
+    def _check_shard_sizes(self) -> None:
+        """A shard whose size differs from its manifest entry is named before any reader touches it."""
+        for f in self.manifest.shard_files():
+            path = self.path / f.path
+            size = path.stat().st_size if path.is_file() else None
+            if size != f.bytes:
+                got = "missing" if size is None else f"{size} bytes"
+                raise ShardReadError(f"{path}: shard is {got}, the manifest says {f.bytes} bytes (truncated or replaced?)")
 
     def info(self) -> dict[str, Any]:
         m = self.manifest
@@ -136,19 +152,26 @@ def load(path: str | Path, version: str | None = None) -> PairDataset:
         if not report.ok:
             raise StoreError(f"{path}: downloaded files do not verify: {report.problems[0]}")
         return ds
+    p = version_path(path, version)
+    ds = PairDataset(p)
+    if version is not None and p == Path(path).expanduser() and ds.manifest.version != version:
+        raise StoreError(f"{p} holds version {ds.manifest.version}, not {version}")
+    return ds
+
+
+def version_path(path: str | Path, version: str | None = None) -> Path:
+    """The version directory that ``path`` names (itself, or the newest / given version under STORE/NAME),
+    found without reading any manifest, so a broken manifest can still be reported on."""
     p = Path(path).expanduser()
     if (p / MANIFEST_NAME).is_file():
-        ds = PairDataset(p)
-        if version is not None and ds.manifest.version != version:
-            raise StoreError(f"{p} holds version {ds.manifest.version}, not {version}")
-        return ds
+        return p
     if not p.is_dir():
         raise StoreError(f"{p}: no such pair dataset (expected a version dir or STORE/NAME)")
     versions = list_versions(p)
     if not versions:
         raise StoreError(f"{p}: no published version here (no */{MANIFEST_NAME})")
     if version is None:
-        return PairDataset(p / versions[-1])
+        return p / versions[-1]
     if version not in versions:
         raise StoreError(f"{p}: no version {version}; found {versions}")
-    return PairDataset(p / version)
+    return p / version

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from semipairs.sources.base import ImageSource, Skipped
+from semipairs.sources.base import ImageSource, Skipped, to_rgb
 
-GEOMETRY = "v1-squash<=64-else-shorter+centre"
+GEOMETRY = "v2-squash<=64-else-shorter+centre"
 DEFAULT_BUDGET_SHARE = 0.25  # of physical RAM
 
 
@@ -53,7 +53,7 @@ def fit(im: Image.Image, size: int) -> Image.Image:
     """The cached geometry of one image (see the module docstring), as RGB."""
     if im.format == "JPEG":
         im.draft("RGB", (size, size))  # decode reduced: a 36 MP photo never lands in memory whole
-    im = im.convert("RGB")
+    im = to_rgb(im)
     if size <= 64:
         return im if im.size == (size, size) else im.resize((size, size), Image.BILINEAR)
     w, h = im.size
@@ -71,8 +71,12 @@ class DecodedImages:
 
     images: np.ndarray
     ok: np.ndarray
-    skipped: list[Skipped] = field(default_factory=list)
+    reasons: dict[int, tuple[str, str]] = field(default_factory=dict)  # row -> (key, why it is unreadable)
     path: Path | None = None
+
+    @property
+    def skipped(self) -> list[Skipped]:
+        return [Skipped(key, why) for _, (key, why) in sorted(self.reasons.items())]
 
     @property
     def size(self) -> int:
@@ -95,8 +99,7 @@ def _load(path: Path) -> DecodedImages:
     meta = json.loads((path / "meta.json").read_text())
     images = np.load(path / "images.npy", mmap_mode="r")
     ok = np.load(path / "ok.npy")
-    skipped = [Skipped(k, r) for k, r in meta["skipped"]]
-    return DecodedImages(images, ok, skipped, path)
+    return DecodedImages(images, ok, {int(row): (key, why) for row, key, why in meta["skipped"]}, path)
 
 
 def decode_source(source: ImageSource, size: int, *, root: Path | None = None, budget_bytes: int | None = None,
@@ -137,7 +140,7 @@ def decode_source(source: ImageSource, size: int, *, root: Path | None = None, b
                     progress(min(n, start + step) - start)
         images.flush()
         np.save(tmp / "ok.npy", ok)
-        skipped = [[keys[i], reasons[i]] for i in sorted(reasons)]
+        skipped = [[i, keys[i], reasons[i]] for i in sorted(reasons)]
         (tmp / "meta.json").write_text(json.dumps({"source": source.spec, "n": n, "size": size, "geometry": GEOMETRY,
                                                    "skipped": skipped}))
         try:

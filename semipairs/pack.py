@@ -9,7 +9,7 @@ import pandas as pd
 
 from semipairs.errors import PairsError
 from semipairs.manifest import Layout, MiningInfo
-from semipairs.publish import PublishRequest, publish, version_dir
+from semipairs.publish import PublishRequest, new_version_dir, publish
 from semipairs.sources import open_source
 from semipairs.sources.base import ImageSource
 from semipairs.table import read_pair_list
@@ -21,9 +21,7 @@ def complete_pairs(df: pd.DataFrame, source: ImageSource, where: str) -> tuple[p
     ``rank`` is a pair's 1-based position among its anchor's rows in list order; ``mutual`` says
     whether the reverse pair is listed too. Returns the table and the number of duplicates dropped.
     """
-    known = source.index_of()
-    unknown = pd.unique(pd.concat([df["anchor_key"], df["positive_key"]]))
-    unknown = [k for k in unknown if k not in known]
+    unknown = source.unknown_keys(pd.concat([df["anchor_key"], df["positive_key"]]))
     if unknown:
         raise PairsError(f"{where}: {len(unknown)} key(s) not in source {source.spec}: {unknown[:5]}")
     selfs = np.flatnonzero((df["anchor_key"] == df["positive_key"]).to_numpy())
@@ -48,11 +46,7 @@ def pack(
     progress: bool = True,
 ) -> Path:
     """Validate everything first (names, keys, target), then publish; returns the version directory."""
-    target = version_dir(store, name, version)
-    if target.exists():
-        from semipairs.errors import StoreError
-
-        raise StoreError(f"{target}: version {version} of {name!r} already exists; versions are immutable")
+    new_version_dir(store, name, version)
     src = open_source(source)
     df, dupes = complete_pairs(read_pair_list(pairs), src, str(pairs))
     config = {"command": "pack", "source": source, "pairs": str(pairs), "store": str(store), "name": name,

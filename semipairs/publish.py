@@ -41,7 +41,7 @@ from semipairs.manifest import (
     check_version,
 )
 from semipairs.shards import PairShardWriter, sample_meta
-from semipairs.sources.base import ImageSource, check_image, normalise_ext
+from semipairs.sources.base import WIDE_MODES, ImageSource, Skipped, check_image, normalise_ext, to_rgb
 from semipairs.table import compute_stats, to_arrow, write_pairs
 from semipairs.verify import verify_version
 
@@ -63,6 +63,7 @@ class PublishRequest:
     mining: MiningInfo = field(default_factory=lambda: MiningInfo(strategy="external"))
     parent: ParentRef | None = None
     config: dict[str, Any] | None = None
+    skipped: list[Skipped] = field(default_factory=list)  # images already found unreadable (e.g. while embedding)
     shard_size: int = 5000
     check_images: bool = True
     license: str = "other"
@@ -77,10 +78,18 @@ def version_dir(store: str | Path, name: str, version: str) -> Path:
     return Path(store) / check_name(name) / check_version(version)
 
 
+def new_version_dir(store: str | Path, name: str, version: str) -> Path:
+    """The directory of a version about to be published; a StoreError if it exists (versions are immutable)."""
+    target = version_dir(store, name, version)
+    if target.exists():
+        raise StoreError(f"{target}: version {version} of {name!r} already exists; versions are immutable")
+    return target
+
+
 def _reencode(data: bytes, ext: str) -> bytes:
     with Image.open(io.BytesIO(data)) as im:
         fmt = _PIL_FORMAT.get(ext, "PNG")
-        im = im.convert("RGB") if fmt == "JPEG" and im.mode not in ("RGB", "L") else im
+        im = to_rgb(im) if im.mode not in ("RGB", "L") and (fmt == "JPEG" or im.mode in WIDE_MODES) else im
         buf = io.BytesIO()
         im.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
         return buf.getvalue()
@@ -89,11 +98,11 @@ def _reencode(data: bytes, ext: str) -> bytes:
 class _ImageReader:
     """Reads each source image at most once for its check; remembers the bad ones."""
 
-    def __init__(self, source: ImageSource, check: bool) -> None:
+    def __init__(self, source: ImageSource, check: bool, known_bad: list[Skipped]) -> None:
         self.source, self.check = source, check
         self.pos = source.index_of()
         self.ok: set[str] = set()
-        self.bad: dict[str, str] = {s.key: s.reason for s in source.skipped}
+        self.bad: dict[str, str] = {s.key: s.reason for s in known_bad}
 
     def read(self, key: str) -> tuple[bytes, str] | None:
         if key in self.bad:
@@ -111,9 +120,7 @@ class _ImageReader:
 
 def publish(req: PublishRequest) -> Path:
     """Write, verify and atomically publish one version; return its directory."""
-    target = version_dir(req.store, req.name, req.version)
-    if target.exists():
-        raise StoreError(f"{target}: version {req.version} of {req.name!r} already exists; versions are immutable")
+    target = new_version_dir(req.store, req.name, req.version)
     if req.pairs.empty:
         raise PairsError("no pairs to publish")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -135,69 +142,17 @@ def publish(req: PublishRequest) -> Path:
 
 
 def _write(req: PublishRequest, root: Path) -> Manifest:
+    """Shards (embedded layout), table, manifest, card and documentation files of one version, into ``root``."""
     src = req.source
-    reader = _ImageReader(src, req.check_images)
+    reader = _ImageReader(src, req.check_images, req.skipped)
     pairs = req.pairs.reset_index(drop=True)
-    keep = np.ones(len(pairs), dtype=bool)
-    reencoded = 0
-    anchors, positives = pairs["anchor_key"].tolist(), pairs["positive_key"].tolist()
-    scores, ranks, mutual = pairs["score"].tolist(), pairs["rank"].tolist(), pairs["mutual"].tolist()
     labels = src.labels() if src.has_labels else None
-    pos = reader.pos
-
-    def label_of(key: str) -> int | None:
-        return labels[pos[key]] if labels is not None else None
-
-    bar: Callable = tqdm if req.progress else (lambda it, **_: it)
-    writer = PairShardWriter(root, ext="", maxcount=req.shard_size) if req.layout == "embedded" else None
-    pair_id = 0
-    try:
-        for i in bar(range(len(pairs)), desc=f"publish {req.name} {req.version}", unit="pair"):
-            a, p = reader.read(anchors[i]), reader.read(positives[i])
-            if a is None or p is None:
-                keep[i] = False
-                continue
-            if writer is None:
-                pair_id += 1
-                continue
-            if not writer.ext:
-                writer.ext = normalise_ext(a[1])
-            images = []
-            for data, ext in (a, p):
-                if normalise_ext(ext) != writer.ext:
-                    data = _reencode(data, writer.ext)
-                    reencoded += 1
-                images.append(data)
-            meta = {
-                "pair_id": pair_id,
-                "anchor_key": anchors[i],
-                "positive_key": positives[i],
-                "score": float(scores[i]),
-                "rank": int(ranks[i]),
-                "mutual": bool(mutual[i]),
-            }
-            if labels is not None:
-                meta["anchor_label"] = label_of(anchors[i])
-                meta["positive_label"] = label_of(positives[i])
-            writer.write(pair_id, images[0], images[1], sample_meta(meta))
-            pair_id += 1
-    finally:
-        if writer is not None:
-            writer.close()
-
+    keep, reencoded, shard_files = _write_shards(req, root, reader, pairs, labels)
     final = pairs[keep].reset_index(drop=True)
     if final.empty:
         raise PairsError(f"no pair left: every pair has an unreadable image ({len(reader.bad)} unreadable)")
-    final.insert(0, "pair_id", np.arange(len(final), dtype=np.int64))
-    if labels is not None:
-        final["anchor_label"] = pd.array([label_of(k) for k in final["anchor_key"]], dtype="Int32")
-        final["positive_label"] = pd.array([label_of(k) for k in final["positive_key"]], dtype="Int32")
-    write_pairs(to_arrow(final, labels is not None), root / PAIRS_NAME)
-    parquet = root / PAIRS_NAME
-    files = [FileEntry(path=PAIRS_NAME, bytes=parquet.stat().st_size, sha256=sha256_file(parquet), samples=len(final))]
-    files += writer.files if writer is not None else []
-
-    skipped = {s.key: s.reason for s in src.skipped} | reader.bad
+    files = [_write_table(root, final, labels, reader.pos)] + shard_files
+    skipped = reader.bad  # the known unreadable images plus those found now
     manifest = Manifest(
         name=req.name,
         version=req.version,
@@ -218,6 +173,62 @@ def _write(req: PublishRequest, root: Path) -> Manifest:
         parent=req.parent,
         content_hash=content_hash((f.path, f.sha256) for f in files),
     )
+    _write_docs(req, root, manifest)
+    return manifest
+
+
+def _write_shards(req: PublishRequest, root: Path, reader: _ImageReader, pairs: pd.DataFrame,
+                  labels: list[int | None] | None) -> tuple[np.ndarray, int, list[FileEntry]]:
+    """Reads each pair's two images once; writes them into shards (embedded layout), re-encoding only an
+    image whose format differs from the shards'. (pairs kept, images re-encoded, shard file entries)."""
+    keep = np.ones(len(pairs), dtype=bool)
+    reencoded = 0
+    anchors, positives = pairs["anchor_key"].tolist(), pairs["positive_key"].tolist()
+    scores, ranks, mutual = pairs["score"].tolist(), pairs["rank"].tolist(), pairs["mutual"].tolist()
+    bar: Callable = tqdm if req.progress else (lambda it, **_: it)
+    writer = PairShardWriter(root, ext="", maxcount=req.shard_size) if req.layout == "embedded" else None
+    pair_id = 0
+    try:
+        for i in bar(range(len(pairs)), desc=f"publish {req.name} {req.version}", unit="pair"):
+            a, p = reader.read(anchors[i]), reader.read(positives[i])
+            if a is None or p is None:
+                keep[i] = False
+                continue
+            if writer is None:
+                continue
+            writer.ext = writer.ext or normalise_ext(a[1])
+            images = []
+            for data, ext in (a, p):
+                if normalise_ext(ext) != writer.ext:
+                    data = _reencode(data, writer.ext)
+                    reencoded += 1
+                images.append(data)
+            meta = {"pair_id": pair_id, "anchor_key": anchors[i], "positive_key": positives[i], "score": float(scores[i]),
+                    "rank": int(ranks[i]), "mutual": bool(mutual[i])}
+            if labels is not None:
+                meta["anchor_label"] = labels[reader.pos[anchors[i]]]
+                meta["positive_label"] = labels[reader.pos[positives[i]]]
+            writer.write(pair_id, images[0], images[1], sample_meta(meta))
+            pair_id += 1
+    finally:
+        if writer is not None:
+            writer.close()
+    return keep, reencoded, writer.files if writer is not None else []
+
+
+def _write_table(root: Path, final: pd.DataFrame, labels: list[int | None] | None, pos: dict[str, int]) -> FileEntry:
+    """pairs.parquet (pair ids 0..N-1, labels when the source has them); its file entry."""
+    final.insert(0, "pair_id", np.arange(len(final), dtype=np.int64))
+    if labels is not None:
+        final["anchor_label"] = pd.array([labels[pos[k]] for k in final["anchor_key"]], dtype="Int32")
+        final["positive_label"] = pd.array([labels[pos[k]] for k in final["positive_key"]], dtype="Int32")
+    parquet = root / PAIRS_NAME
+    write_pairs(to_arrow(final, labels is not None), parquet)
+    return FileEntry(path=PAIRS_NAME, bytes=parquet.stat().st_size, sha256=sha256_file(parquet), samples=len(final))
+
+
+def _write_docs(req: PublishRequest, root: Path, manifest: Manifest) -> None:
+    """Manifest, audit (through the request's hook), dataset card, resolved config and extra files."""
     (root / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
     summary = req.audit(root) if req.audit is not None else None
     (root / CARD_NAME).write_text(render_card(manifest, req.license, summary), encoding="utf-8")
@@ -226,7 +237,6 @@ def _write(req: PublishRequest, root: Path) -> Manifest:
     for rel, data in req.extra_files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(data)
-    return manifest
 
 
-__all__ = ["PublishRequest", "publish", "version_dir"]
+__all__ = ["PublishRequest", "new_version_dir", "publish", "version_dir"]

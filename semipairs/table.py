@@ -49,16 +49,18 @@ def read_pairs(path: str | Path) -> pd.DataFrame:
     return pq.read_table(path).to_pandas(types_mapper={pa.int32(): pd.Int32Dtype()}.get)
 
 
+def score_quantiles(scores: np.ndarray, quantiles: dict[str, float] | None = None) -> dict[str, float]:
+    """Named quantiles of the finite scores ({} when there is none): the card's, the manifest's and the audit's."""
+    scores = scores[np.isfinite(scores)]
+    return {k: float(np.quantile(scores, q)) for k, q in (quantiles or QUANTILES).items()} if scores.size else {}
+
+
 def compute_stats(df: pd.DataFrame, num_images: int, reencoded: int = 0) -> Stats:
     """Pair counts, coverage and score quantiles; label precision when both labels are known."""
     n = len(df)
     anchors = df["anchor_key"].nunique() if n else 0
     in_pairs = pd.unique(pd.concat([df["anchor_key"], df["positive_key"]])).size if n else 0
-    scores = df["score"].to_numpy(dtype=np.float64) if n else np.empty(0)
-    scores = scores[np.isfinite(scores)]
-    quantiles = (
-        {k: float(np.quantile(scores, q)) for k, q in QUANTILES.items()} if scores.size else {}
-    )
+    quantiles = score_quantiles(df["score"].to_numpy(dtype=np.float64) if n else np.empty(0))
     precision = None
     if "anchor_label" in df and n:
         known = df["anchor_label"].notna() & df["positive_label"].notna()

@@ -8,60 +8,23 @@ shards and keeps every ``readers``-th pair, so no rank sits idle at a collective
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 from PIL import Image
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import IterableDataset
 
+from semipairs.dist import reader_slot
 from semipairs.shards import iter_shard, split_sample
-from semipairs.sources.base import ImageSource
+from semipairs.sources.base import ImageSource, to_rgb
 
 Transform = Callable[[Image.Image], Any]
 
 
-def reader_slot() -> tuple[int, int]:
-    """(this reader's index, number of readers) over DDP ranks x DataLoader workers."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    else:
-        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    info = get_worker_info()
-    wid, nw = (info.id, info.num_workers) if info is not None else (0, 1)
-    return rank * nw + wid, world * nw
-
-
-def init_distributed() -> tuple[int, int]:
-    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on GPUs, gloo on CPU); (rank, world)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1
-    if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return torch.distributed.get_rank(), torch.distributed.get_world_size()
-
-
-@contextmanager
-def distributed() -> Iterator[tuple[int, int]]:
-    """(rank, world) for a command's body; the group it joined is destroyed on the way out.
-
-    Only a group this call created is destroyed, so a caller that set one up keeps using it. Leaving
-    explicitly matters: a rank that exits with a live gloo group can abort its peer mid-teardown.
-    """
-    already = torch.distributed.is_initialized()
-    rank, world = init_distributed()  # the one place that decides whether a group is needed
-    try:
-        yield rank, world
-    finally:
-        if not already and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-
-
 def decode_image(data: bytes) -> Image.Image:
     with Image.open(io.BytesIO(data)) as im:
-        return im.convert("RGB")
+        return to_rgb(im)
 
 
 class PairIterable(IterableDataset):
@@ -95,10 +58,9 @@ class PairIterable(IterableDataset):
         me, readers = reader_slot()
         if self.rows is not None:
             assert self.source is not None
-            pos = self.source.index_of()
             for row in self.rows[me::readers]:
-                a = self.source.read(pos[row["anchor_key"]]).data
-                p = self.source.read(pos[row["positive_key"]]).data
+                a = self.source.read_key(row["anchor_key"]).data
+                p = self.source.read_key(row["positive_key"]).data
                 yield a, p, row
             return
         if len(self.shards) >= readers:

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from semipairs.errors import SemipairsError
 from semipairs.hashing import content_hash, sha256_file
 from semipairs.manifest import DATA_DIR, PAIRS_NAME, Manifest, read_manifest
@@ -52,7 +54,16 @@ def verify_version(version_dir: str | Path, manifest: Manifest | None = None) ->
     except SemipairsError as exc:
         report.problems.append(Problem("semipairs.json", str(exc)))
         return report
+    _check_files(root, manifest, report)
+    _check_unlisted(root, manifest, report)
+    df = _check_table(root, manifest, report)
+    if df is not None:
+        _check_shards(root, manifest, df, report)
+    return report
 
+
+def _check_files(root: Path, manifest: Manifest, report: VerifyReport) -> None:
+    """Every listed file exists with its size and sha256; the content_hash covers them."""
     hashes_ok = True
     for entry in manifest.files:
         p = root / entry.path
@@ -70,6 +81,8 @@ def verify_version(version_dir: str | Path, manifest: Manifest | None = None) ->
     if hashes_ok and content_hash((f.path, f.sha256) for f in manifest.files) != manifest.content_hash:
         report.problems.append(Problem("semipairs.json", "content_hash does not match the files' hashes"))
 
+
+def _check_unlisted(root: Path, manifest: Manifest, report: VerifyReport) -> None:
     listed = {f.path for f in manifest.files}
     data = root / DATA_DIR
     if data.is_dir():
@@ -78,31 +91,37 @@ def verify_version(version_dir: str | Path, manifest: Manifest | None = None) ->
             if rel not in listed:
                 report.problems.append(Problem(rel, "file not listed in the manifest"))
 
-    if PAIRS_NAME not in listed:
+
+def _check_table(root: Path, manifest: Manifest, report: VerifyReport) -> pd.DataFrame | None:
+    """pairs.parquet is listed, readable, as long as the stats say, with pair ids 0..N-1; the table or None."""
+    if PAIRS_NAME not in {f.path for f in manifest.files}:
         report.problems.append(Problem(PAIRS_NAME, "not listed in the manifest"))
-        return report
+        return None
     try:
         df = read_pairs(root / PAIRS_NAME)
     except Exception as exc:  # noqa: BLE001 - report, don't raise
         report.problems.append(Problem(PAIRS_NAME, f"unreadable: {exc}"))
-        return report
+        return None
     if len(df) != manifest.stats.num_pairs:
         report.problems.append(Problem(PAIRS_NAME, f"{len(df)} rows, manifest stats say {manifest.stats.num_pairs}"))
     if not (df["pair_id"].to_numpy() == range(len(df))).all():
         report.problems.append(Problem(PAIRS_NAME, "pair_id is not 0..N-1 in order"))
+    return df
 
+
+def _check_shards(root: Path, manifest: Manifest, df: pd.DataFrame, report: VerifyReport) -> None:
+    """Shards hold exactly the table's pairs, in order, with the same keys (a reference layout holds none)."""
     shards = manifest.shard_files()
     if manifest.layout == "reference":
         if shards:
             report.problems.append(Problem(DATA_DIR, "a reference-layout version must not list shards"))
-        return report
+        return
     total = sum(f.samples or 0 for f in shards)
     if total != len(df):
         report.problems.append(Problem(DATA_DIR, f"shards hold {total} samples, {PAIRS_NAME} has {len(df)} rows"))
-    anchors = df["anchor_key"].tolist()
-    positives = df["positive_key"].tolist()
+    anchors, positives = df["anchor_key"].tolist(), df["positive_key"].tolist()
     row = 0
-    for entry in shards:
+    for n, entry in enumerate(shards):
         if not (root / entry.path).is_file():
             continue
         try:
@@ -111,8 +130,7 @@ def verify_version(version_dir: str | Path, manifest: Manifest | None = None) ->
                 pid = meta.get("pair_id")
                 if sample["__key__"] != pair_key(row) or pid != row:
                     report.problems.append(
-                        Problem(entry.path, f"sample {sample['__key__']!r} (pair_id {pid}) where pair {row} belongs")
-                    )
+                        Problem(entry.path, f"sample {sample['__key__']!r} (pair_id {pid}) where pair {row} belongs"))
                     break
                 if row < len(df) and (meta.get("anchor_key") != anchors[row] or meta.get("positive_key") != positives[row]):
                     report.problems.append(Problem(entry.path, f"pair {row}: keys differ from {PAIRS_NAME}"))
@@ -121,5 +139,4 @@ def verify_version(version_dir: str | Path, manifest: Manifest | None = None) ->
                 report.samples_checked += 1
         except SemipairsError as exc:
             report.problems.append(Problem(entry.path, str(exc).removeprefix(str(root / entry.path) + ": ")))
-            row = sum(f.samples or 0 for f in shards[: shards.index(entry) + 1])
-    return report
+            row = sum(f.samples or 0 for f in shards[: n + 1])

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 import semipairs
-from semipairs.torch_data import init_distributed
+from semipairs.dist import init_distributed
 from training.backbones import BackboneSpec, build_backbone
 from training.moco import MoCo
 from training.trainer import TrainConfig, train

@@ -54,32 +54,25 @@ def train_command(
     as_json: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
 ) -> None:
     """Train MoCo-v2 or SimSiam, optionally with semantic pairs and ReCo; resumes from RUN/checkpoint.pt."""
-    import yaml
-
-    from semipairs.cli import _fail
-    from semipairs.cli import out as console
-    from semipairs.errors import SemipairsError
+    from semipairs.config import load_config
+    from semipairs.console import out as console
     from training.trainer import TrainConfig, train
 
-    raw = yaml.safe_load(config.read_text()) if config else {}
     flags = dict(method=method, data=data, pairs=pairs, pair_ratio=pair_ratio, epochs=epochs, batch_size=batch_size,
                  backbone=backbone, cifar_stem=cifar_stem, image_size=image_size, lr=lr, reco=reco, eval_train=eval_train,
                  eval_test=eval_test, knn_every=knn_every, num_workers=num_workers, device=device, precision=precision,
                  decode_budget_gb=decode_budget_gb, pair_mode=pair_mode, swap_prob=swap_prob, pair_weight=pair_weight,
                  pair_warmup=pair_warmup, max_steps=max_steps, compile=compile, seed=seed, out=out)
-    raw.update({k: v for k, v in flags.items() if v is not None})
-    try:
-        cfg = TrainConfig.model_validate(raw)
-        metrics = train(cfg, progress=not as_json)
-    except (SemipairsError, ValueError, FileNotFoundError) as exc:
-        _fail(exc)
+    cfg = load_config(TrainConfig, config, flags)
+    metrics = train(cfg, progress=not as_json)
     last = metrics["epochs"][-1] if metrics["epochs"] else {}
     summary = {"out": str(cfg.out), "epochs": len(metrics["epochs"]), "loss": last.get("loss"), "knn_top1": last.get("knn_top1")}
     if as_json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
-    else:
-        console.print(f"trained {summary['epochs']} epoch(s): loss {summary['loss']}, kNN top-1 {summary['knn_top1']}; "
-                      f"run in {cfg.out}")
+        return
+    knn = "" if summary["knn_top1"] is None else f", kNN top-1 {summary['knn_top1']:.2f}%"
+    loss = "-" if summary["loss"] is None else f"{summary['loss']:.4f}"
+    console.print(f"trained {summary['epochs']} epoch(s): loss {loss}{knn}; run in {cfg.out}", soft_wrap=True, highlight=False)
 
 
 def eval_command(
@@ -95,22 +88,17 @@ def eval_command(
     """kNN (k=200, T=0.07) and optional linear-probe top-1 of a checkpoint's backbone."""
     import torch
 
-    from semipairs.cli import _fail
-    from semipairs.cli import out as console
-    from semipairs.errors import SemipairsError
+    from semipairs.console import out as console
     from semipairs.precision import resolve_precision
     from semipairs.sources import open_source
     from training.checkpoint import load_backbone
     from training.evaluate import evaluate_backbone
 
-    try:
-        model, spec, _ = load_backbone(checkpoint)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        res = evaluate_backbone(model.to(device), open_source(train_src), open_source(test_src), spec.image_size,
-                                linear=linear, k=k, num_workers=num_workers, device=device,
-                                precision=resolve_precision(precision, device), progress=not as_json)
-    except (SemipairsError, ValueError, FileNotFoundError) as exc:
-        _fail(exc)
+    model, spec, _ = load_backbone(checkpoint)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    res = evaluate_backbone(model.to(device), open_source(train_src), open_source(test_src), spec.image_size,
+                            linear=linear, k=k, num_workers=num_workers, device=device,
+                            precision=resolve_precision(precision, device), progress=not as_json)
     if as_json:
         sys.stdout.write(json.dumps(res.to_dict()) + "\n")
     else:
@@ -137,29 +125,20 @@ def refine_command(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Refine a checkpoint's embeddings with a GNN over kNN graphs (GraphNNCLR); compare kNN top-1 raw vs refined."""
-    from pydantic import ValidationError
     from rich.table import Table
 
-    from semipairs.cli import _fail
-    from semipairs.cli import err as errc
-    from semipairs.cli import out as console
-    from semipairs.errors import SemipairsError
+    from semipairs.console import note
+    from semipairs.console import out as console
     from training.refine import RefineConfig, refine
 
     try:
-        try:
-            fan = None if fanouts is None else [int(f) for f in fanouts.split(",")]
-        except ValueError:
-            raise ValueError(f"--fanouts {fanouts!r}: give integers separated by commas, such as 15,10") from None
-        cfg = RefineConfig(checkpoint=checkpoint, data=data, eval_data=eval_data, k=k, heldout_k=heldout_k, fanouts=fan,
-                           layers=layers, conv=conv, epochs=epochs, batch_size=batch_size, hidden=hidden,
-                           num_workers=num_workers, precision=precision, seed=seed, out=out)
-        report = refine(cfg, progress=not as_json, log=lambda m: errc.print(f"note: {m}", highlight=False, soft_wrap=True))
-    except ValidationError as exc:
-        flag = lambda e: f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: " if e["loc"] else ""  # noqa: E731
-        _fail(ValueError("; ".join(flag(e) + e["msg"].removeprefix("Value error, ") for e in exc.errors())))
-    except (SemipairsError, ValueError, FileNotFoundError) as exc:
-        _fail(exc)
+        fan = None if fanouts is None else [int(f) for f in fanouts.split(",")]
+    except ValueError:
+        raise ValueError(f"--fanouts {fanouts!r}: give integers separated by commas, such as 15,10") from None
+    cfg = RefineConfig(checkpoint=checkpoint, data=data, eval_data=eval_data, k=k, heldout_k=heldout_k, fanouts=fan,
+                       layers=layers, conv=conv, epochs=epochs, batch_size=batch_size, hidden=hidden,
+                       num_workers=num_workers, precision=precision, seed=seed, out=out)
+    report = refine(cfg, progress=not as_json, log=note)
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")
         return

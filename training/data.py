@@ -18,8 +18,9 @@ import torch
 from torch.utils.data import IterableDataset
 
 from semipairs.dataset import PairDataset
+from semipairs.dist import reader_slot
 from semipairs.sources.base import ImageSource
-from semipairs.torch_data import decode_image, reader_slot
+from semipairs.torch_data import decode_image
 from training.batches import PAIR, SAME_IMAGE
 
 View = Callable[[Any], torch.Tensor]
@@ -29,8 +30,7 @@ def check_pair_keys(pairs: PairDataset, source: ImageSource) -> None:
     """A reference-layout pair dataset must name only keys of ``source`` (embedded pairs carry their images)."""
     if pairs.manifest.layout != "reference":
         return
-    known = source.index_of()
-    missing = [k for k in pairs.table["anchor_key"].tolist() + pairs.table["positive_key"].tolist() if k not in known]
+    missing = source.unknown_keys(pairs.table["anchor_key"].tolist() + pairs.table["positive_key"].tolist())
     if missing:
         raise ValueError(f"pairs {pairs.path} name keys absent from {source.spec}: {missing[:5]}")
 
@@ -57,10 +57,9 @@ class SePPViews(IterableDataset):
         assert self.pairs is not None
         if self.pairs.manifest.layout == "reference":
             ids = np.sort(rng.permutation(len(self.pairs))[: self.num_pairs])[me::readers]
-            pos = self.source.index_of()
             anchors, positives = self.pairs.table["anchor_key"].to_numpy(), self.pairs.table["positive_key"].to_numpy()
             for i in rng.permutation(ids):
-                yield self.source.read(pos[anchors[i]]).image(), self.source.read(pos[positives[i]]).image(), int(i)
+                yield self.source.read_key(anchors[i]).image(), self.source.read_key(positives[i]).image(), int(i)
             return
         # Shards split unevenly over readers; each reader yields its fixed quota (the caller stops it), cycling
         # its own shards when it holds fewer pairs, so every DDP rank fills the same number of batches.

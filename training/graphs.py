@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from semipairs.errors import SemipairsError
+from semipairs.vectors import normalise_rows_, without_self
 
 
 class GraphError(SemipairsError):
@@ -57,12 +58,8 @@ def _search(base: np.ndarray, queries: np.ndarray, k: int, exclude_self: bool, b
     extra = 1 if exclude_self else 0
     out = np.empty((len(queries), k), np.int64)
     for s in range(0, len(queries), block):
-        _, idx = index.search(queries[s:s + block], k + extra)
-        if exclude_self:
-            keep = idx != np.arange(s, s + len(idx))[:, None]  # drop the query itself wherever it came back
-            keep[keep.all(axis=1), -1] = False  # exact duplicates can push it out of the list: drop the last
-            idx = idx[keep].reshape(len(idx), k)
-        out[s:s + block] = idx
+        d, idx = index.search(queries[s:s + block], k + extra)
+        out[s:s + block] = without_self(d, idx, s, k)[1] if exclude_self else idx
     return out
 
 
@@ -73,7 +70,7 @@ def _normalised(x: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
         raise GraphError(f"{name}: need a non-empty (nodes x dim) matrix, got shape {x.shape}")
     if not np.isfinite(x).all():
         raise GraphError(f"{name}: embeddings hold NaN or inf")
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return normalise_rows_(x.copy())
 
 
 def build_knn_graph(train: np.ndarray | torch.Tensor, k: int, heldout: np.ndarray | torch.Tensor | None = None,

@@ -10,23 +10,15 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from semipairs.dist import all_gather
 from semipairs.precision import full_precision
 from training.heads import ProjectionHead
 from training.losses import info_nce, multi_positive_nce, reco_global, reco_local
 from training.losses.reco import cutmix
-
-
-@torch.no_grad()
-def all_gather(x: torch.Tensor) -> torch.Tensor:
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(out, x.contiguous())
-    return torch.cat(out)
+from training.momentum import update_momentum
 
 
 class MoCo(nn.Module):
@@ -66,9 +58,8 @@ class MoCo(nn.Module):
 
     @torch.no_grad()
     def momentum_update(self) -> None:
-        for online, target in ((self.backbone, self.backbone_k), (self.projector, self.projector_k)):
-            for p, pk in zip(online.parameters(), target.parameters()):  # BN stats: the key encoder keeps its own
-                pk.mul_(self.momentum).add_(p.detach(), alpha=1 - self.momentum)
+        update_momentum(self.backbone, self.backbone_k, self.momentum)  # BN stats: the key encoder keeps its own
+        update_momentum(self.projector, self.projector_k, self.momentum)
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor, rows: torch.Tensor | None = None) -> None:

@@ -32,6 +32,8 @@ from training.checkpoint import backbone_from_state, load_checkpoint, save_check
 from training.evaluate import extract_features, knn_top1
 from training.gnn import GNNEncoder, gcn_norm_parts, sample_subgraph
 from training.graphs import KnnGraph, build_knn_graph
+from training.losses import byol_loss
+from training.momentum import update_momentum
 
 
 class RefineConfig(BaseModel):
@@ -70,10 +72,6 @@ class RefineConfig(BaseModel):
 
     def resolved_fanouts(self) -> list[int]:
         return self.fanouts if self.fanouts is not None else [15] + [10] * (self.layers - 1)
-
-
-def _byol(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    return (2 - 2 * F.cosine_similarity(p, z.detach(), dim=-1)).mean()
 
 
 def _augment(x: torch.Tensor, edge_index: torch.Tensor, weight: torch.Tensor, cfg: RefineConfig, gen: torch.Generator):
@@ -151,14 +149,11 @@ def train_gnn(x: dict[str, torch.Tensor], graphs: dict[str, KnnGraph], cfg: Refi
                     y[view] = target(feats.to(device), ei.to(device), w.to(device))[: len(seeds)]
                 feats, ei, w = _augment(feats, ei, w, cfg, gen)  # the online branch a perturbed copy (BGRL)
                 z[view] = online(feats.to(device), ei.to(device), w.to(device))[: len(seeds)]
-            loss = _byol(predictor(z["student"]), y["teacher"]) + _byol(predictor(z["teacher"]), y["student"])
+            loss = byol_loss(predictor(z["student"]), y["teacher"]) + byol_loss(predictor(z["teacher"]), y["student"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            tau = 1 - (1 - cfg.ema) * (math.cos(math.pi * step / total) + 1) / 2
-            with torch.no_grad():
-                for pt, po in zip(target.parameters(), online.parameters()):
-                    pt.mul_(tau).add_(po.detach(), alpha=1 - tau)
+            update_momentum(online, target, 1 - (1 - cfg.ema) * (math.cos(math.pi * step / total) + 1) / 2)
             step += 1
             epoch_loss += loss.item()
             bar.update(1)
@@ -202,10 +197,10 @@ def refine(cfg: RefineConfig, progress: bool = True, log=print) -> dict[str, Any
     """The whole phase: embed both streams, build the graphs, train the GNN, write embeddings and a report."""
     t0 = time.time()
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cfg.out.mkdir(parents=True, exist_ok=True)
     streams = embed_streams(cfg, device, progress, log)
     tr, ev = streams["train"], streams.get("eval")
     graphs = _graphs(streams, cfg)  # raises GraphError for empty inputs or k out of range
+    cfg.out.mkdir(parents=True, exist_ok=True)  # only once the inputs proved good
     x = {v: torch.cat([tr[v]] + ([ev[v]] if ev else [])) for v in ("student", "teacher")}
     online, losses = train_gnn(x, graphs, cfg, device, progress)
     refined = refined_embeddings(online, x, graphs, device, cfg.center)

@@ -33,11 +33,11 @@ from tqdm.auto import tqdm
 from semipairs.atomic import write_text
 from semipairs.dataset import PairDataset
 from semipairs.decoded import DecodedImages, decode_source
+from semipairs.dist import distributed
 from semipairs.errors import SemipairsError
 from semipairs.precision import Precision, resolve_precision
 from semipairs.sources import open_source
 from semipairs.sources.base import ImageSource
-from semipairs.torch_data import distributed
 from training.augment import RECIPES
 from training.backbones import BackboneSpec, backbone_state, build_backbone
 from training.batch_augment import BatchRecipe
@@ -178,7 +178,6 @@ def build_data(cfg: TrainConfig, source: ImageSource, pairs: PairDataset | None,
         if world > 1:
             torch.distributed.barrier()
     if decoded is not None:
-        source.skipped[:] = decoded.skipped
         rows = None
         if pairs is not None:
             known = source.index_of()
@@ -225,7 +224,6 @@ def setup(cfg: TrainConfig, rank: int, world: int) -> Run:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
         torch.cuda.set_device(device)
     precision = resolve_precision(cfg.precision, device)
-    Path(cfg.out).mkdir(parents=True, exist_ok=True)
     _seed_all(cfg.seed + rank)
     source = open_source(cfg.data)
     pairs = None
@@ -234,10 +232,11 @@ def setup(cfg: TrainConfig, rank: int, world: int) -> Run:
 
         pairs = semipairs.load(cfg.pairs)
     data = build_data(cfg, source, pairs, rank, world, device.startswith("cuda"))
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)  # only once the data proved readable
     model, spec = build_model(cfg)
-    if cfg.pair_mode == "multi":
-        if cfg.method != "moco" or not isinstance(data, DecodedData) or data.pairs is None:
-            raise SemipairsError("--pair-mode multi needs --method moco, --pairs and the decoded path")
+    if cfg.pair_mode == "multi" and pairs is not None:
+        if cfg.method != "moco":
+            raise SemipairsError("--pair-mode multi needs --method moco (positives are found in its queue)")
         model.set_partners(torch.from_numpy(data.pairs.anchor), torch.from_numpy(data.pairs.positive), len(data.decoded))
     model = precision.prepare_model(model.to(device))
     lr = cfg.lr * cfg.batch_size * world / 256

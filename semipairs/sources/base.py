@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import io
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 from PIL import Image
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm")
@@ -26,9 +27,38 @@ class SourceItem:
     ext: str
     label: int | None = None
 
-    def image(self, mode: str = "RGB") -> Image.Image:
+    def image(self, mode: str = "RGB", at_least: int | None = None) -> Image.Image:
+        """The decoded image; ``at_least`` lets a JPEG decode reduced (DCT scaling) while both sides stay
+        >= that many pixels, so a 36-megapixel photo headed for a 224 px model never lands in memory whole."""
         with Image.open(io.BytesIO(self.data)) as im:
-            return im.convert(mode)
+            if at_least:
+                im.draft("RGB" if mode == "RGB" else mode, (at_least, at_least))
+            return to_rgb(im) if mode == "RGB" else im.convert(mode)
+
+
+WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB, content kept: 16/32-bit grey (``I;16``, ``I``, ``F``) is scaled to 0-255,
+    where ``convert("RGB")`` would clip it to white; every other mode goes through ``convert``."""
+    if im.mode not in WIDE_MODES:
+        return im.convert("RGB")
+    a = np.asarray(im, dtype=np.float64)
+    a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+    top = 65535.0 if im.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+    if im.mode == "F" and a.max(initial=0) <= 1.0:
+        top = 1.0
+    grey = np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, "L").convert("RGB")
+
+
+def thumbnail(data: bytes, size: int = 128) -> Image.Image:
+    """An RGB thumbnail no larger than ``size``; JPEGs decode reduced, so memory follows the thumbnail."""
+    with Image.open(io.BytesIO(data)) as im:
+        im.draft("RGB", (size, size))
+        im.thumbnail((size, size), reducing_gap=2.0)
+        return to_rgb(im)
 
 
 @dataclass(frozen=True)
@@ -110,6 +140,15 @@ class ImageSource(ABC):
             cached = {k: i for i, k in enumerate(self.keys())}
             object.__setattr__(self, "_index_of", cached)
         return cached
+
+    def read_key(self, key: str) -> SourceItem:
+        """The item a key names (a pair's anchor or positive); KeyError for a key the source lacks."""
+        return self.read(self.index_of()[key])
+
+    def unknown_keys(self, keys: Iterable[str]) -> list[str]:
+        """The distinct keys among ``keys`` that this source does not hold, in first-seen order."""
+        known = self.index_of()
+        return [k for k in dict.fromkeys(keys) if k not in known]
 
     def labels(self) -> list[int | None]:
         """Labels in key order, without reading images where the source allows it."""

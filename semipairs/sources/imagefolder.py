@@ -33,6 +33,11 @@ class ImageFolderSource(ImageSource):
             key=lambda p: p.relative_to(root).as_posix(),
         )
         rels = [p.relative_to(root) for p in files]
+        for r in rels:
+            try:
+                r.as_posix().encode("utf-8")
+            except UnicodeEncodeError:  # keys are UTF-8 text in parquet, JSON and the Hub
+                raise SourceError(f"{self.spec}: file name {os.fsencode(r)!r} is not valid UTF-8; rename it") from None
         keys = [r.with_suffix("").as_posix() for r in rels]
         seen: dict[str, Path] = {}
         for k, r in zip(keys, rels):

@@ -36,6 +36,19 @@ class _Entry:
     shard: int
     image: tuple[int, int, str] | None = None  # (offset, size, ext)
     label: tuple[int, int] | None = None  # (offset, size)
+    problem: str | None = None  # why this sample is never read (it is skipped and listed, like a corrupt image)
+
+
+def member_problem(m: tarfile.TarInfo) -> str | None:
+    """Why a tar member must not be read: an unsafe name or a member that is not a regular file."""
+    parts = m.name.replace("\\", "/").split("/")
+    if m.name.startswith(("/", "\\")) or ".." in parts or (parts and parts[0].endswith(":")):
+        return f"unsafe tar member name {m.name!r} (absolute or '..' path)"
+    if m.issym() or m.islnk():
+        return f"tar member {m.name!r} is a {'symbolic' if m.issym() else 'hard'} link, not a regular file"
+    if not m.isfile():
+        return f"tar member {m.name!r} is not a regular file"
+    return None
 
 
 @dataclass
@@ -56,13 +69,16 @@ class WebDatasetSource(ImageSource):
             try:
                 with tarfile.open(shard, "r:") as tar:
                     for m in tar:
-                        if not m.isfile():
+                        if m.isdir():
                             continue
                         key, ext = base_plus_ext(m.name)
                         if key is None:
                             continue
                         e = entries.setdefault(key, _Entry(s))
-                        if ext.lower() in IMAGE_EXTS and e.image is None:
+                        problem = member_problem(m)
+                        if problem is not None:
+                            e.problem = e.problem or problem
+                        elif ext.lower() in IMAGE_EXTS and e.image is None:
                             e.image = (m.offset_data, m.size, normalise_ext(ext))
                         elif ext.lower() in LABEL_FIELDS:
                             e.label = (m.offset_data, m.size)
@@ -71,8 +87,8 @@ class WebDatasetSource(ImageSource):
         self._shards = shards
         self._keys = list(entries)
         self._entries = list(entries.values())
-        if self._entries and all(e.label is not None for e in self._entries):
-            top = max(int(self._read_label(e)) for e in self._entries)
+        if self._entries and all(e.label is not None for e in self._entries if e.problem is None):
+            top = max((int(self._read_label(e)) for e in self._entries if e.problem is None), default=-1)
             self.classes = [str(i) for i in range(top + 1)]
 
     def _read_at(self, shard: int, offset: int, size: int) -> bytes:
@@ -93,11 +109,19 @@ class WebDatasetSource(ImageSource):
     def read(self, index: int) -> SourceItem:
         e = self._entries[index]
         key = self._keys[index]
+        if e.problem is not None:
+            raise ValueError(e.problem)
         if e.image is None:
             raise ValueError(f"sample {key!r} in {self._shards[e.shard]} has no image field")
         offset, size, ext = e.image
         label = self._read_label(e) if self.classes is not None else None
         return SourceItem(key, self._read_at(e.shard, offset, size), ext, label)
+
+    def labels(self) -> list[int | None]:
+        """Labels without reading images; None for a sample that is never read."""
+        if self.classes is None:
+            return [None] * len(self._entries)
+        return [None if e.problem is not None or e.label is None else self._read_label(e) for e in self._entries]
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(b"webdataset\n")
