@@ -124,8 +124,17 @@ def compute_metrics(table: pd.DataFrame, num_images: int, anchor_label: pd.Serie
         },
         "labels": None,
     }
-    if anchor_label is None or positive_label is None:
-        return metrics
+    if anchor_label is not None and positive_label is not None:
+        metrics["labels"] = _label_metrics(table, num_images, anchor_label, positive_label, label_source, classes)
+    return metrics
+
+
+def _label_metrics(table: pd.DataFrame, num_images: int, anchor_label: pd.Series, positive_label: pd.Series,
+                   label_source: str, classes: list[str] | None) -> dict[str, Any]:
+    """Precision overall and per class, the precision-coverage curve as the threshold rises, confusions."""
+    n = len(table)
+    scores = table["score"].to_numpy(np.float64)
+    finite = np.isfinite(scores)
     known = (anchor_label.notna() & positive_label.notna()).to_numpy()
     a = anchor_label.to_numpy(dtype=float, na_value=np.nan)
     p = positive_label.to_numpy(dtype=float, na_value=np.nan)
@@ -136,21 +145,20 @@ def compute_metrics(table: pd.DataFrame, num_images: int, anchor_label: pd.Serie
         sel = known & (a == c)
         per_class[name(c)] = {"pairs": int(sel.sum()), "precision": float(same[sel].mean())}
     order = np.argsort(-np.where(finite, scores, -np.inf), kind="stable")
+    anchors = table["anchor_key"].to_numpy()
     curve = []
     for frac in np.linspace(1 / CURVE_POINTS, 1.0, CURVE_POINTS):
         top = order[: max(1, int(round(frac * n)))]
         top = top[known[top]]
         if not len(top):
             continue
-        curve.append({"threshold": float(scores[top[-1]]) if finite[top[-1]] else None,
-                      "pairs": int(len(top)),
-                      "coverage": table["anchor_key"].to_numpy()[top].size and
-                      float(pd.unique(table["anchor_key"].to_numpy()[top]).size / num_images),
+        curve.append({"threshold": float(scores[top[-1]]) if finite[top[-1]] else None, "pairs": int(len(top)),
+                      "coverage": float(pd.unique(anchors[top]).size / num_images) if num_images else 0.0,
                       "precision": float(same[top].mean())})
     wrong = known & ~same
     confusion = pd.crosstab(pd.Series(a[wrong]).map(name), pd.Series(p[wrong]).map(name)) if wrong.any() else pd.DataFrame()
     top_conf = confusion.stack().sort_values(ascending=False).head(10) if not confusion.empty else pd.Series(dtype=int)
-    metrics["labels"] = {
+    return {
         "source": label_source, "pairs_with_labels": int(known.sum()),
         "precision": float(same[known].mean()) if known.any() else 0.0,
         "per_class": per_class, "precision_coverage": curve,
@@ -158,7 +166,6 @@ def compute_metrics(table: pd.DataFrame, num_images: int, anchor_label: pd.Serie
         "confusion": {str(r): {str(c): int(v) for c, v in row.items() if v} for r, row in confusion.iterrows()},
         "top_confusions": [{"anchor": str(r), "positive": str(c), "count": int(v)} for (r, c), v in top_conf.items()],
     }
-    return metrics
 
 
 def _fig_png(fig) -> bytes:

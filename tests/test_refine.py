@@ -114,7 +114,7 @@ def test_refine_cli_writes_embeddings_curate_accepts(checkpoints, cifar_folder: 
     out = tmp_path / "refined"
     r = CliRunner().invoke(app, ["refine", "--checkpoint", str(checkpoints["moco"]), "--data", data, "--eval-data", held,
                                  "--k", "5", "--heldout-k", "3", "--fanouts", "4,3", "--epochs", "2", "--batch-size", "64",
-                                 "--hidden", "32", "--num-workers", "0", "--out", str(out), "--json"])
+                                 "--hidden", "32", "--num-workers", "0", "--keep-worse", "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
     assert report["teacher_stream"] == "momentum-encoder" and report["nodes"] == 420 and report["train_nodes"] == 300
@@ -123,6 +123,18 @@ def test_refine_cli_writes_embeddings_curate_accepts(checkpoints, cifar_folder: 
     assert report["edges"]["student"] == build_knn_graph(np.load(out / "raw.npy"), 5).num_edges + 2 * 120 * 3
     assert set(report["knn_top1"]) == {"raw_student", "raw_both_streams", "refined"}
     assert all(0 <= v <= 100 for v in report["knn_top1"].values())
+    # by default a refinement that scores below raw is declined: what it writes is never worse than raw
+    guarded = tmp_path / "guarded"
+    r = CliRunner().invoke(app, ["refine", "--checkpoint", str(checkpoints["moco"]), "--data", data, "--eval-data", held,
+                                 "--k", "5", "--heldout-k", "3", "--fanouts", "4,3", "--epochs", "2", "--batch-size", "64",
+                                 "--hidden", "32", "--num-workers", "0", "--out", str(guarded), "--json"])
+    g = json.loads(r.stdout)
+    assert r.exit_code == 0 and g["knn_top1"] == report["knn_top1"]  # same seed, same run
+    if g["knn_top1"]["refined"] < g["knn_top1"]["raw_student"]:
+        assert "below the raw student" in g["declined"]
+        assert np.array_equal(np.load(guarded / "refined.npy"), np.load(guarded / "raw.npy"))
+    else:
+        assert g["declined"] is None and np.array_equal(np.load(guarded / "refined.npy"), np.load(out / "refined.npy"))
     src = open_source(data)
     refined = np.load(out / "refined.npy")
     assert refined.shape == (300, 64) and np.allclose(np.linalg.norm(refined, axis=1), np.sqrt(2), atol=1e-4)

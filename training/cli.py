@@ -120,6 +120,8 @@ def refine_command(
     hidden: int = typer.Option(256, min=8, help="GNN width."),
     num_workers: int = typer.Option(2, min=0, help="DataLoader decode workers for embedding."),
     precision: str = typer.Option("auto", help=PRECISION_HELP),
+    decline_worse: bool = typer.Option(True, "--decline-worse/--keep-worse", help="With labelled --eval-data: keep the "
+                                       "raw embeddings when the refined ones score lower."),
     seed: int = typer.Option(0, help="Seed."),
     out: Path = typer.Option(..., help="Output dir: refined.npy (+ .keys.txt), refined-eval.npy, report.json."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
@@ -137,7 +139,7 @@ def refine_command(
         raise ValueError(f"--fanouts {fanouts!r}: give integers separated by commas, such as 15,10") from None
     cfg = RefineConfig(checkpoint=checkpoint, data=data, eval_data=eval_data, k=k, heldout_k=heldout_k, fanouts=fan,
                        layers=layers, conv=conv, epochs=epochs, batch_size=batch_size, hidden=hidden,
-                       num_workers=num_workers, precision=precision, seed=seed, out=out)
+                       num_workers=num_workers, precision=precision, decline_worse=decline_worse, seed=seed, out=out)
     report = refine(cfg, progress=not as_json, log=note)
     if as_json:
         sys.stdout.write(json.dumps(report, indent=2) + "\n")

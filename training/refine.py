@@ -6,7 +6,9 @@ are two views of the same nodes (online encoder + predictor, EMA target, 2 - 2 c
 mini-batches. The refined embedding of a node is its online encodings in both graphs, concatenated.
 Outputs, in ``OUT``: ``refined.npy`` + ``refined.keys.txt`` (rows in source order: usable as
 ``semipairs curate --embeddings``), the same for ``--eval-data`` as ``refined-eval.*``, ``raw*.npy``,
-``gnn.pt`` (weights only) and ``report.json`` (kNN top-1 raw vs refined, losses, settings).
+``gnn.pt`` (weights only) and ``report.json`` (kNN top-1 raw vs refined, losses, settings). With a
+labelled ``--eval-data``, refinement that scores below the raw student is declined: the report says why
+and ``refined*.npy`` hold the raw embeddings, so mining on them is never worse than on raw ones.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class RefineConfig(BaseModel):
     weight_decay: float = 1e-5
     ema: float = Field(0.99, ge=0, lt=1, description="target EMA momentum at the start (cosine to 1)")
     knn_k: int = 200
+    decline_worse: bool = Field(True, description="with labelled eval data: keep the raw embeddings when refined ones "
+                                "score lower (the report says so)")
     num_workers: int = 2
     device: str | None = None
     precision: Literal["auto", "fp32", "bf16"] = "auto"
@@ -205,23 +209,30 @@ def refine(cfg: RefineConfig, progress: bool = True, log=print) -> dict[str, Any
     online, losses = train_gnn(x, graphs, cfg, device, progress)
     refined = refined_embeddings(online, x, graphs, device, cfg.center)
     n = len(tr["keys"])
-    _save(cfg.out, "refined", refined[:n], tr["keys"])
-    _save(cfg.out, "raw", tr["student"], tr["keys"])
     report: dict[str, Any] = {
         "checkpoint": str(cfg.checkpoint), "data": cfg.data, "eval_data": cfg.eval_data, "teacher_stream": streams["teacher"],
         "nodes": graphs["student"].num_nodes, "train_nodes": n,
         "edges": {v: g.num_edges for v, g in graphs.items()}, "losses": [round(v, 5) for v in losses],
-        "config": json.loads(cfg.model_dump_json()),
+        "config": json.loads(cfg.model_dump_json()), "declined": None,
     }
     if ev is not None:
-        _save(cfg.out, "refined-eval", refined[n:], ev["keys"])
-        _save(cfg.out, "raw-eval", ev["student"], ev["keys"])
         both = torch.cat([F.normalize(torch.cat([s["student"], s["teacher"]], 1), dim=1) for s in (tr, ev)])
-        report["knn_top1"] = {
+        knn = report["knn_top1"] = {
             "raw_student": _knn(tr["student"], tr["labels"], ev["student"], ev["labels"], cfg.knn_k),
             "raw_both_streams": _knn(both[:n], tr["labels"], both[n:], ev["labels"], cfg.knn_k),
             "refined": _knn(refined[:n], tr["labels"], refined[n:], ev["labels"], cfg.knn_k),
         }
+        worse = knn["refined"] is not None and knn["raw_student"] is not None and knn["refined"] < knn["raw_student"]
+        if worse and cfg.decline_worse:
+            report["declined"] = (f"refined embeddings score {knn['refined']:.2f}% kNN top-1 on {cfg.eval_data}, below the "
+                                  f"raw student's {knn['raw_student']:.2f}%: the kNN graph is too noisy to propagate over; "
+                                  "refined*.npy hold the raw embeddings")
+            log(report["declined"])
+            refined = torch.cat([tr["student"], ev["student"]])
+        _save(cfg.out, "refined-eval", refined[n:], ev["keys"])
+        _save(cfg.out, "raw-eval", ev["student"], ev["keys"])
+    _save(cfg.out, "refined", refined[:n], tr["keys"])
+    _save(cfg.out, "raw", tr["student"], tr["keys"])
     save_checkpoint(cfg.out / "gnn.pt", {k: v.cpu() for k, v in online.state_dict().items()})
     report["seconds"] = round(time.time() - t0, 1)
     with atomic_write(cfg.out / "report.json") as f:
