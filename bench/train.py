@@ -44,6 +44,26 @@ class TwoViews(Dataset):
         return self.transform(img), self.transform(img)
 
 
+class SteadyClock:
+    """Per-sample peer loops' batches (PIL recipe in DataLoader workers) and their steady images/s: the
+    first step (worker start-up) is left out, then ``args.steps`` steps are timed."""
+
+    def batches(self, source, transform, args):
+        loader = DataLoader(TwoViews(source, transform), batch_size=args.batch_size, shuffle=True,
+                            num_workers=args.workers, drop_last=True)
+        self.t, self.n = time.perf_counter(), 0
+        for step, (x1, x2) in enumerate(loader):
+            if step > args.steps:
+                break
+            if step == 1:
+                self.t, self.n = time.perf_counter(), 0
+            yield x1, x2
+            self.n += len(x1) if step >= 1 else 0
+
+    def rate(self) -> float:
+        return self.n / (time.perf_counter() - self.t)
+
+
 def raw_moco_epoch(source, transform, args) -> float:
     """The reference: MoCo-v2 written out in a few lines, as in facebookresearch/moco."""
     import torchvision
@@ -54,14 +74,8 @@ def raw_moco_epoch(source, transform, args) -> float:
     enc_k = copy.deepcopy(enc_q).requires_grad_(False)
     queue = F.normalize(torch.randn(args.queue_size, 128), dim=1)
     opt = torch.optim.SGD(enc_q.parameters(), lr=0.06 * args.batch_size / 256, momentum=0.9, weight_decay=5e-4)
-    loader = DataLoader(TwoViews(source, transform), batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                        drop_last=True)
-    t, n = 0.0, 0
-    for step, (x1, x2) in enumerate(loader):
-        if step == 1:
-            t, n = time.perf_counter(), 0
-        if step > args.steps:
-            break
+    clock = SteadyClock()
+    for x1, x2 in clock.batches(source, transform, args):
         q = F.normalize(enc_q(x1), dim=1)
         with torch.no_grad():
             for p, pk in zip(enc_q.parameters(), enc_k.parameters()):
@@ -73,8 +87,7 @@ def raw_moco_epoch(source, transform, args) -> float:
         loss.backward()
         opt.step()
         queue = torch.cat([k, queue])[: args.queue_size]
-        n += len(x1)
-    return n / (time.perf_counter() - t)
+    return clock.rate()
 
 
 def lightly_moco_epoch(source, transform, args) -> float | None:
@@ -97,14 +110,8 @@ def lightly_moco_epoch(source, transform, args) -> float | None:
     criterion = NTXentLoss(temperature=0.2, memory_bank_size=(args.queue_size, 128))
     params = list(backbone.parameters()) + list(head.parameters())
     opt = torch.optim.SGD(params, lr=0.06 * args.batch_size / 256, momentum=0.9, weight_decay=5e-4)
-    loader = DataLoader(TwoViews(source, transform), batch_size=args.batch_size, shuffle=True, num_workers=args.workers,
-                        drop_last=True)
-    t, n = 0.0, 0
-    for step, (x1, x2) in enumerate(loader):
-        if step == 1:
-            t, n = time.perf_counter(), 0
-        if step > args.steps:
-            break
+    clock = SteadyClock()
+    for x1, x2 in clock.batches(source, transform, args):
         update_momentum(backbone, backbone_k, 0.99)
         update_momentum(head, head_k, 0.99)
         q = head(backbone(x1))
@@ -114,8 +121,7 @@ def lightly_moco_epoch(source, transform, args) -> float | None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-        n += len(x1)
-    return n / (time.perf_counter() - t)
+    return clock.rate()
 
 
 def trainer_rate(folder: Path, args, run: Path, **overrides) -> tuple[float, float]:
