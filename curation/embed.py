@@ -101,7 +101,8 @@ def embed_source(
     prec = resolve_precision(precision, device)
     decoded = None
     if encoder.decoded_size is not None:
-        decoded = decode_source(source, encoder.decoded_size, budget_bytes=decode_budget, workers=max(1, num_workers))
+        decoded = decode_source(source, encoder.decoded_size, budget_bytes=decode_budget, workers=max(1, num_workers),
+                                progress=progress)
     n = len(source)
     variant = f"{prec.name}|{'decoded' if decoded is not None else 'streamed'}"
     cache = Path(cache_root) / cache_key(source, encoder, chunk_size, dtype, variant)

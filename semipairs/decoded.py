@@ -20,13 +20,13 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
 
 from semipairs.sources.base import ImageSource, Skipped, to_rgb
 
@@ -103,12 +103,10 @@ def _load(path: Path) -> DecodedImages:
 
 
 def decode_source(source: ImageSource, size: int, *, root: Path | None = None, budget_bytes: int | None = None,
-                  workers: int | None = None, progress: Callable[[int], None] | None = None) -> DecodedImages | None:
+                  workers: int | None = None, progress: bool = False) -> DecodedImages | None:
     """The decoded array of ``source`` at ``size`` (built once, then memory-mapped), or None when
     ``N x size x size x 3`` bytes exceed ``budget_bytes`` (default: a quarter of RAM; 0 never decodes).
-
-    ``progress(n)`` is called with the number of images finished since the last call.
-    """
+    ``progress`` shows a bar while a new array is decoded."""
     n = len(source)
     budget = default_budget_bytes() if budget_bytes is None else budget_bytes
     if n == 0 or decoded_bytes(n, size) > budget:
@@ -133,11 +131,12 @@ def decode_source(source: ImageSource, size: int, *, root: Path | None = None, b
                 reasons[i] = f"{type(exc).__name__}: {exc}"
 
         step = 512
+        bar = tqdm(total=n, desc=f"decode once {source.spec} @{size}px", unit="img", disable=not progress, leave=False)
         with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
             for start in range(0, n, step):
                 list(pool.map(one, range(start, min(n, start + step))))
-                if progress:
-                    progress(min(n, start + step) - start)
+                bar.update(min(n, start + step) - start)
+        bar.close()
         images.flush()
         np.save(tmp / "ok.npy", ok)
         skipped = [[i, keys[i], reasons[i]] for i in sorted(reasons)]

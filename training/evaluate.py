@@ -64,7 +64,7 @@ def extract_features(backbone: nn.Module, source: ImageSource, image_size: int, 
     Rows stay aligned with ``source.keys()``: an unreadable image in the cache is a blank one."""
     labels = _labels(source, require_labels)
     precision = precision or resolve_precision("fp32", device)
-    decoded = decode_source(source, image_size, budget_bytes=decode_budget, workers=num_workers or None)
+    decoded = decode_source(source, image_size, budget_bytes=decode_budget, workers=num_workers or None, progress=progress)
     if decoded is not None:
         batches = _decoded_batches(decoded, image_size, batch_size, BatchRecipe(image_size) if augmented else None,
                                    torch.Generator().manual_seed(seed))

@@ -166,15 +166,15 @@ class StreamedData:
 
 
 def build_data(cfg: TrainConfig, source: ImageSource, pairs: PairDataset | None, rank: int, world: int,
-               on_gpu: bool) -> DecodedData | StreamedData:
+               on_gpu: bool, progress: bool = False) -> DecodedData | StreamedData:
     """The decoded fast path when the source fits the budget (rank 0 decodes, the others then map it)."""
     if pairs is not None:
         check_pair_keys(pairs, source)
-    budget = None if cfg.decode_budget_gb is None else int(cfg.decode_budget_gb * 2**30)
     decoded = None
     for turn in range(2 if world > 1 else 1):
         if (rank == 0) == (turn == 0):
-            decoded = decode_source(source, cfg.image_size, budget_bytes=budget, workers=max(1, cfg.num_workers))
+            decoded = decode_source(source, cfg.image_size, budget_bytes=_budget(cfg), workers=max(1, cfg.num_workers),
+                                    progress=progress and rank == 0)
         if world > 1:
             torch.distributed.barrier()
     if decoded is not None:
@@ -217,7 +217,7 @@ class Run:
         return Path(self.cfg.out)
 
 
-def setup(cfg: TrainConfig, rank: int, world: int) -> Run:
+def setup(cfg: TrainConfig, rank: int, world: int, progress: bool = False) -> Run:
     """Device, precision, data, model, optimizer and cosine schedule over the step budget."""
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and world > 1:
@@ -231,7 +231,7 @@ def setup(cfg: TrainConfig, rank: int, world: int) -> Run:
         import semipairs
 
         pairs = semipairs.load(cfg.pairs)
-    data = build_data(cfg, source, pairs, rank, world, device.startswith("cuda"))
+    data = build_data(cfg, source, pairs, rank, world, device.startswith("cuda"), progress)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)  # only once the data proved readable
     model, spec = build_model(cfg)
     if cfg.pair_mode == "multi" and pairs is not None:
@@ -333,7 +333,7 @@ def _final_epoch(run: Run) -> int:
 def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train ``cfg.method`` (resuming from ``cfg.out/checkpoint.pt`` when present); the metrics written."""
     with distributed() as (rank, world):
-        run = setup(cfg, rank, world)
+        run = setup(cfg, rank, world, progress)
         resume(run)
         if rank == 0:
             write_text(run.out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
