@@ -100,6 +100,10 @@ def test_batched_ops_equal_torchvisions_per_image_ops() -> None:
     ref = TF.resized_crop(x[2], 3, 2, 16, 12, [16, 16], antialias=False)
     assert torch.allclose(out[2], ref, atol=1e-5) and torch.allclose(out[3], TF.horizontal_flip(TF.resized_crop(
         x[3], 3, 2, 16, 12, [16, 16], antialias=False)), atol=1e-5)
+    shrink = resized_crop(x, torch.tensor([[0.0, 0.0, 20.0, 20.0]] * 6), 8, flip)  # a crop larger than the output
+    smooth = TF.resized_crop(x[2], 0, 0, 20, 20, [8, 8], antialias=True)  # area-averaged, as roi_align averages
+    assert shrink.shape == (6, 3, 8, 8) and (shrink[2] - smooth).abs().mean() < 0.05
+    assert torch.allclose(shrink[3], resized_crop(x[3:4], torch.tensor([[0.0, 0.0, 20.0, 20.0]]), 8)[0].flip(-1))
 
 
 def test_batched_views_have_the_statistics_of_the_pil_recipe(cifar_folder: Path) -> None:
