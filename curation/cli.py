@@ -47,19 +47,15 @@ def curate_command(
 ) -> None:
     """Mine semantic positive pairs from an image collection and publish them as a pair dataset."""
     from curation.pipeline import CurateConfig, curate
-    from semipairs.console import fail, out
-    from semipairs.errors import SemipairsError
+    from semipairs.console import out
 
     overrides = dict(source=source, encoder=encoder, store=store, name=name, version=version, k=k, min_score=min_score,
                      min_score_quantile=min_score_quantile, mutual=mutual, max_per_anchor=max_per_anchor,
                      duplicate_threshold=duplicate_threshold, csls=csls, metric=metric, layout=layout, embeddings=embeddings,
                      image_size=image_size, batch_size=batch_size, num_workers=num_workers, dtype=dtype, precision=precision,
                      seed=seed)
-    try:
-        cfg = CurateConfig.from_sources(config, overrides)
-        result = curate(cfg, progress=not as_json)
-    except SemipairsError as exc:
-        fail(exc)
+    cfg = CurateConfig.from_sources(config, overrides)
+    result = curate(cfg, progress=not as_json)
     if result.path is None:  # a non-zero torchrun rank
         return
     if as_json:
@@ -82,17 +78,13 @@ def audit_command(
 ) -> None:
     """Audit pair quality: metrics.json, score / precision-coverage / hubness plots, pair grids, report.html."""
     from curation.audit import audit
-    from semipairs.console import err, fail
+    from semipairs.console import err
     from semipairs.console import out as console
     from semipairs.dataset import load
-    from semipairs.errors import SemipairsError
 
-    try:
-        ds = load(path, version)
-        target = out or Path(f"audit-{ds.manifest.name}-{ds.manifest.version}")
-        result = audit(ds, target, labels_from=labels_from)
-    except SemipairsError as exc:
-        fail(exc)
+    ds = load(path, version)
+    target = out or Path(f"audit-{ds.manifest.name}-{ds.manifest.version}")
+    result = audit(ds, target, labels_from=labels_from)
     if as_json:
         sys.stdout.write(json.dumps(result.metrics, indent=1) + "\n")
         return

@@ -19,6 +19,7 @@ from curation.index import IndexConfig, build_index, search
 from curation.mine import MiningConfig, MiningResult, mine
 from curation.vectors import drop_degenerate, load_embeddings, normalise_
 from semipairs.config import read_yaml
+from semipairs.decoded import budget_from_gb
 from semipairs.errors import SemipairsError
 from semipairs.manifest import EncoderInfo, IndexInfo, MiningInfo, check_name, check_version
 from semipairs.publish import PublishRequest, new_version_dir, publish
@@ -147,9 +148,9 @@ def _curate(cfg: CurateConfig, source: ImageSource, rank: int, progress: bool) -
 
         encoder = load_encoder(cfg.encoder, cfg.image_size)
         cache = cfg.cache_dir or Path(cfg.store) / ".cache" / "embeddings"
-        budget = None if cfg.decode_budget_gb is None else int(cfg.decode_budget_gb * 2**30)
         emb = embed_source(source, encoder, cache, cfg.batch_size, cfg.num_workers, cfg.chunk_size, cfg.dtype,
-                           cfg.device, progress and rank == 0, precision=cfg.precision, decode_budget=budget)
+                           cfg.device, progress and rank == 0, precision=cfg.precision,
+                           decode_budget=budget_from_gb(cfg.decode_budget_gb))
         drop_degenerate(emb, keys)
         encoder_info = encoder.info
     if rank != 0:

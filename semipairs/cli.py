@@ -12,7 +12,6 @@ import typer
 from rich.table import Table
 
 from semipairs.console import GuardedTyper, err, fail, out
-from semipairs.errors import SemipairsError
 
 app = GuardedTyper(
     name="semipairs",
@@ -61,10 +60,7 @@ def pack(
 
     if layout not in ("embedded", "reference"):
         fail(ValueError(f"--layout must be 'embedded' or 'reference', not {layout!r}"))
-    try:
-        path = do_pack(source, pairs, store, name, version, layout=layout, shard_size=shard_size, progress=not as_json)  # type: ignore[arg-type]
-    except (SemipairsError, ValueError) as exc:
-        fail(exc)
+    path = do_pack(source, pairs, store, name, version, layout=layout, shard_size=shard_size, progress=not as_json)  # type: ignore[arg-type]
     info_ = PairDataset(path).info()
     if as_json:
         _print_json(info_)
@@ -81,10 +77,7 @@ def info(
     """Show a pair dataset's manifest summary: source, encoder, mining, stats, files."""
     from semipairs.dataset import load
 
-    try:
-        data = load(path, version).info()
-    except SemipairsError as exc:
-        fail(exc)
+    data = load(path, version).info()
     if as_json:
         _print_json(data)
         return
@@ -140,11 +133,8 @@ def push(
     from semipairs.dataset import load
     from semipairs.hub import push as do_push
 
-    try:
-        target = load(path, version).path
-        result = do_push(target, repo_id, private=private, tag=revision_tag)
-    except SemipairsError as exc:
-        fail(exc)
+    target = load(path, version).path
+    result = do_push(target, repo_id, private=private, tag=revision_tag)
     if as_json:
         _print_json(result.__dict__)
     elif result.uploaded:
@@ -164,10 +154,7 @@ def pull(
     from semipairs.dataset import load
 
     uri = repo if repo.startswith("hf://") else f"hf://{repo}"
-    try:
-        ds = load(uri)
-    except SemipairsError as exc:
-        fail(exc)
+    ds = load(uri)
     if as_json:
         _print_json(ds.info())
     else:

@@ -91,6 +91,11 @@ def decode_key(source: ImageSource, size: int) -> str:
     return h.hexdigest()[:24]
 
 
+def budget_from_gb(gb: float | None) -> int | None:
+    """A ``--decode-budget-gb`` flag as bytes (None keeps the default share of RAM)."""
+    return None if gb is None else int(gb * 2**30)
+
+
 def decoded_bytes(n: int, size: int) -> int:
     return n * size * size * 3
 

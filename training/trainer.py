@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from semipairs.atomic import write_text
 from semipairs.dataset import PairDataset
-from semipairs.decoded import DecodedImages, decode_source
+from semipairs.decoded import DecodedImages, budget_from_gb, decode_source
 from semipairs.dist import distributed
 from semipairs.errors import SemipairsError
 from semipairs.precision import Precision, resolve_precision
@@ -173,8 +173,8 @@ def build_data(cfg: TrainConfig, source: ImageSource, pairs: PairDataset | None,
     decoded = None
     for turn in range(2 if world > 1 else 1):
         if (rank == 0) == (turn == 0):
-            decoded = decode_source(source, cfg.image_size, budget_bytes=_budget(cfg), workers=max(1, cfg.num_workers),
-                                    progress=progress and rank == 0)
+            decoded = decode_source(source, cfg.image_size, budget_bytes=budget_from_gb(cfg.decode_budget_gb),
+                                    workers=max(1, cfg.num_workers), progress=progress and rank == 0)
         if world > 1:
             torch.distributed.barrier()
     if decoded is not None:
@@ -346,12 +346,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             if eval_src and rank == 0 and (monitor or epoch + 1 == final):
                 row["knn_top1"] = evaluate_backbone(run.model.backbone, *eval_src, cfg.image_size, k=cfg.knn_k,
                                                     num_workers=cfg.num_workers, device=run.device,
-                                                    precision=run.precision, decode_budget=_budget(cfg)).knn_top1
+                                                    precision=run.precision,
+                                                    decode_budget=budget_from_gb(cfg.decode_budget_gb)).knn_top1
             run.metrics["epochs"].append(row)
             if rank == 0:
                 save(run, epoch)
         return run.metrics
-
-
-def _budget(cfg: TrainConfig) -> int | None:
-    return None if cfg.decode_budget_gb is None else int(cfg.decode_budget_gb * 2**30)
