@@ -62,13 +62,17 @@ class Labels(NamedTuple):
     classes: list[str] | None
 
 
-def _resolve_source(ds: PairDataset, labels_from: str | ImageSource | None) -> ImageSource | None:
+def _resolve_source(ds: PairDataset, labels_from: str | ImageSource | None, own: ImageSource | None = None
+                    ) -> ImageSource | None:
     """The one source an audit reads: ``labels_from`` (its errors are the user's to see), else the dataset's
-    own source when class names or reference-layout images need it and it can be opened here."""
+    own source (``own`` when the caller has it open) when class names or reference-layout images need it
+    and it can be opened here."""
     if labels_from is not None:
         return open_source(labels_from) if isinstance(labels_from, str) else labels_from
     if "anchor_label" not in ds.table and ds.manifest.layout != "reference":
         return None
+    if own is not None:
+        return own
     try:
         return open_source(ds.manifest.source.uri)
     except Exception:  # noqa: BLE001 - a source elsewhere, or gone: numbers for classes, no grids
@@ -302,12 +306,13 @@ def _html(m: dict, images: dict[str, bytes], name: str) -> str:
 
 
 def audit(ds: PairDataset, out: str | Path, labels_from: str | ImageSource | None = None, grid_size: int = 16,
-          seed: int = 0) -> AuditResult:
-    """Write metrics.json, PNG plots and grids and report.html under ``out``; return the metrics."""
+          seed: int = 0, source: ImageSource | None = None) -> AuditResult:
+    """Write metrics.json, PNG plots and grids and report.html under ``out``; return the metrics. ``source``
+    is the dataset's own source when the caller has it open (curation), so it is not opened again."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t = ds.table
-    src = _resolve_source(ds, labels_from)
+    src = _resolve_source(ds, labels_from, source)
     lab = _labels_for(ds, src, explicit=labels_from is not None)
     metrics = compute_metrics(t, ds.manifest.source.num_images, *(lab or (None, None, "", None)),
                               mining_counts=getattr(ds.manifest.mining, "counts", None))
@@ -317,7 +322,7 @@ def audit(ds: PairDataset, out: str | Path, labels_from: str | ImageSource | Non
         same = a == p
     images = _plots(metrics, t, same)
 
-    source = src if ds.manifest.layout == "reference" else None
+    source = src if ds.manifest.layout == "reference" and src is not None and src.has_images else None
     by_score = t.sort_values("score", ascending=False, kind="stable")
     picks = {"grid_highest.png": ("Highest-score pairs", by_score.head(grid_size)),
              "grid_lowest.png": ("Lowest-score pairs", by_score.tail(grid_size).iloc[::-1])}
@@ -335,6 +340,8 @@ def audit(ds: PairDataset, out: str | Path, labels_from: str | ImageSource | Non
                 caps = [f"{name(lab.anchor.iloc[i]) if pd.notna(lab.anchor.iloc[i]) else '?'} / "
                         f"{name(lab.positive.iloc[i]) if pd.notna(lab.positive.iloc[i]) else '?'}" for i in rows["pair_id"]]
             images[fn] = _grid(title, rows, pair_imgs, caps)
+    elif src is not None and not src.has_images:
+        metrics["grids"] = f"skipped: {src.spec} holds embeddings, not images (--labels-from SRC names an image source)"
     else:
         metrics["grids"] = "skipped: a reference dataset needs its source (--labels-from SRC) to show images"
     for fn, data in images.items():

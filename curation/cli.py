@@ -10,13 +10,16 @@ import typer
 
 EXAMPLE = (
     "Example: semipairs curate --source imagefolder:photos --encoder open_clip:ViT-B-32/laion2b_s34b_b79k "
-    "--store store --name photo-pairs --k 10 --mutual --min-score 0.5"
+    "--store store --name photo-pairs --k 10 --mutual --min-score 0.5.  From clip-retrieval's embeddings: "
+    "semipairs curate --source 'embeddings:emb#key=url' --store store --name web-pairs --index-budget-gb 4"
 )
 
 
 def curate_command(
     source: str | None = typer.Option(None, help="Image source: imagefolder:DIR, webdataset:PATTERN, digits, "
-                                       "cifar10:ROOT, hf:OWNER/NAME[@REV][:SPLIT]."),
+                                       "cifar10:ROOT, hf:OWNER/NAME[@REV][:SPLIT], or embeddings:DIR[#key=COLUMN,"
+                                       "label=COLUMN] (clip-retrieval's img_emb/ + metadata/ folders; keys from "
+                                       "image_path by default; publishes the reference layout, reads no image)."),
     encoder: str | None = typer.Option(None, help="open_clip:MODEL[/TAG|FILE], timm:NAME[/FILE], "
                                                   "torchvision:NAME[/W|FILE|random], ckpt:PATH or pixels[:SIZE]. "
                                                   "Default: pixels (the image downsampled to "
@@ -41,7 +44,15 @@ def curate_command(
     dtype: str | None = typer.Option(None, help="Cache dtype: float32 or float16."),
     precision: str | None = typer.Option(None, help="auto (bf16 autocast + channels_last where the CPU has avx512_bf16/"
                                          "AMX or on CUDA, else fp32), fp32 or bf16."),
-    seed: int | None = typer.Option(None, help="Seed (IVF training sample)."),
+    index: str | None = typer.Option(None, help="faiss index_factory string (e.g. 'IVF4096,Flat', 'OPQ32,IVF4096,PQ32'). "
+                                     "Default: Flat up to --exact-max vectors, IVF,Flat while float32 vectors fit "
+                                     "--index-budget-gb, IVF,PQ above."),
+    nprobe: int | None = typer.Option(None, help="IVF lists visited per query (default 16)."),
+    exact_max: int | None = typer.Option(None, help="Exact search up to this many vectors (default 200000)."),
+    index_budget_gb: float | None = typer.Option(None, help="Memory the index may take (default a quarter of RAM)."),
+    recall_queries: int | None = typer.Option(None, help="Queries sampled to measure recall@k against exact search "
+                                              "(default 1000; recorded in the manifest's index block)."),
+    seed: int | None = typer.Option(None, help="Seed (IVF training sample, recall sample)."),
     config: Path | None = typer.Option(None, help="YAML config; flags override its keys."),
     as_json: bool = typer.Option(False, "--json", help="Print the published path and stats as JSON."),
 ) -> None:
@@ -53,7 +64,8 @@ def curate_command(
                      min_score_quantile=min_score_quantile, mutual=mutual, max_per_anchor=max_per_anchor,
                      duplicate_threshold=duplicate_threshold, csls=csls, metric=metric, layout=layout, embeddings=embeddings,
                      image_size=image_size, batch_size=batch_size, num_workers=num_workers, dtype=dtype, precision=precision,
-                     seed=seed)
+                     index=index, nprobe=nprobe, exact_max=exact_max, index_budget_gb=index_budget_gb,
+                     recall_queries=recall_queries, seed=seed)
     cfg = CurateConfig.from_sources(config, overrides)
     result = curate(cfg, progress=not as_json)
     if result.path is None:  # a non-zero torchrun rank
@@ -65,8 +77,13 @@ def curate_command(
     prec = "" if s["label_precision"] is None else f", label precision {s['label_precision']:.1%}"
     out.print(f"published {result.path}: {s['num_pairs']} pairs, coverage {s['coverage']:.1%}{prec}", soft_wrap=True,
               highlight=False)
-    out.print(f"next: semipairs audit {result.path}   |   semipairs train --data {cfg.source} --pairs {result.path} "
-              "--out runs/with-pairs", soft_wrap=True, highlight=False)
+    ix = result.index
+    out.print(f"index {ix['factory']} ({ix.get('bytes_per_vector', 0):.0f} B/vector), recall@{ix.get('recall_k')} "
+              f"{ix.get('recall_at_k', float('nan')):.3f} on {ix.get('recall_queries')} sampled queries", soft_wrap=True,
+              highlight=False, markup=False)
+    data = cfg.source if not cfg.source.startswith("embeddings:") else "YOUR_IMAGE_SOURCE"
+    out.print(f"next: semipairs audit {result.path}   |   semipairs train --data {data} --pairs {result.path} "
+              "--out runs/with-pairs", soft_wrap=True, highlight=False, markup=False)
 
 
 def audit_command(

@@ -1,13 +1,14 @@
 """``curate``: source -> encoder -> embeddings (cached) -> faiss kNN -> mining -> publish.
 
 All inputs are checked before anything is published. Under torchrun every rank embeds its slice into
-the shared cache; rank 0 builds the index, mines and publishes.
+the shared cache; rank 0 builds the index and writes it once, every rank searches its slice of the
+queries (``curation.ranks``), rank 0 mines and publishes. Embeddings given as files stay memory-mapped.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,11 +16,11 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from curation.index import IndexConfig, build_index, search
+from curation.index import IndexConfig, build_index, measure_recall, search
 from curation.mine import MiningConfig, MiningResult, mine
-from curation.vectors import drop_degenerate, load_embeddings, normalise_
+from curation.vectors import Embeddings, Rows, drop_degenerate, load_embeddings
 from semipairs.config import read_yaml
-from semipairs.decoded import budget_from_gb
+from semipairs.decoded import budget_from_gb, default_budget_bytes
 from semipairs.errors import SemipairsError
 from semipairs.manifest import EncoderInfo, IndexInfo, MiningInfo, check_name, check_version
 from semipairs.publish import PublishRequest, new_version_dir, publish
@@ -36,7 +37,8 @@ class CurateConfig(BaseModel):
     store: Path
     name: str
     version: str = "1.0.0"
-    layout: Literal["embedded", "reference"] = "embedded"
+    layout: Literal["embedded", "reference"] | None = Field(
+        None, description="embedded (images in shards) or reference; default embedded, reference for embeddings:DIR")
     embeddings: Path | None = Field(None, description="precomputed .npy, rows in source order; skips the encoder")
     image_size: int | None = None
     batch_size: int = Field(256, ge=1)
@@ -49,8 +51,12 @@ class CurateConfig(BaseModel):
     decode_budget_gb: float | None = Field(None, ge=0, description="pixels / ckpt encoders read a decoded uint8 cache "
                                            "when the source fits (default a quarter of RAM; 0: always stream)")
     metric: Literal["cosine", "l2"] = "cosine"
-    exact_max: int = 200_000
-    nprobe: int = 32
+    index: str | None = Field(None, description="faiss index_factory string; default chosen by size and budget")
+    exact_max: int = Field(200_000, ge=0, description="exact search up to this many vectors")
+    nprobe: int | None = Field(None, ge=1, description="IVF lists visited per query (default 16)")
+    index_budget_gb: float | None = Field(None, gt=0, description="memory the index may take (default a quarter of "
+                                          "RAM): IVF,Flat while float32 vectors fit, IVF,PQ above")
+    recall_queries: int = Field(1000, ge=0, description="queries sampled to measure recall@k against exact search")
     shard_size: int = 5000
     audit: bool = Field(True, description="write audit/ (metrics, plots, report.html) into the version")
     mining: MiningConfig = Field(default_factory=MiningConfig)
@@ -91,26 +97,50 @@ class CurateResult:
     path: Path | None  # None on ranks other than 0
     stats: dict[str, Any]
     counts: dict[str, int]
+    index: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path) if self.path else None, "stats": self.stats, "mining_counts": self.counts}
+        return {"path": str(self.path) if self.path else None, "stats": self.stats, "mining_counts": self.counts,
+                "index": self.index}
 
 
-def mine_embeddings(x: np.ndarray, metric: str, mining: MiningConfig, exact_max: int = 200_000, nprobe: int = 32,
+def mine_embeddings(x: np.ndarray | Rows, metric: str, mining: MiningConfig, index_cfg: IndexConfig | None = None,
                     progress: bool = True) -> tuple[MiningResult, IndexInfo]:
-    """Index + batched kNN search + mining over L2-normalised float32 rows (positions, not keys)."""
-    index_cfg = IndexConfig(metric=metric, exact_max=exact_max, nprobe=nprobe, seed=mining.seed)
-    index, index_info = build_index(x, index_cfg)
+    """Index + chunked kNN search + recall on a sample + mining over rows (positions, not keys); ``x`` is a
+    normalised float32 array or ``Rows`` over a memory map."""
+    index_cfg = index_cfg or IndexConfig(metric=metric, seed=mining.seed)
+    index, index_info = build_index(x, index_cfg, progress)
     scores, ids = search(index, x, mining.k, index_cfg.query_batch, progress)
     del index
-    return mine(scores, ids, mining), index_info
+    return _mine_measured(x, scores, ids, index_info, index_cfg, mining)
 
 
-def _audit_hook(root: Path) -> str:
-    from curation.audit import audit
-    from semipairs.dataset import PairDataset
+def _mine_measured(x: np.ndarray | Rows, scores: np.ndarray, ids: np.ndarray, info: IndexInfo, index_cfg: IndexConfig,
+                   mining: MiningConfig) -> tuple[MiningResult, IndexInfo]:
+    """Recall@k of an approximate index on sampled queries (exact search is 1.0 by construction), then mining."""
+    if info.factory == "Flat":
+        info = info.model_copy(update={"recall_at_k": 1.0, "recall_k": mining.k, "recall_queries": 0})
+    elif index_cfg.recall_queries:
+        rows = x if isinstance(x, Rows) else Rows(x)
+        info = info.model_copy(update=measure_recall(rows, ids, mining.k, index_cfg.metric, index_cfg.recall_queries,
+                                                     index_cfg.seed))
+    return mine(scores, ids, mining), info
 
-    return audit(PairDataset(root), root / "audit").summary_markdown()
+
+def index_config(cfg: CurateConfig) -> IndexConfig:
+    return IndexConfig(metric=cfg.metric, factory=cfg.index, exact_max=cfg.exact_max, nprobe=cfg.nprobe,
+                       budget_bytes=budget_from_gb(cfg.index_budget_gb) or default_budget_bytes(),
+                       recall_queries=cfg.recall_queries, seed=cfg.mining.seed)
+
+
+def _audit_hook(source: ImageSource):
+    """The publish hook writing the default audit, reading the already-open source (no second scan)."""
+    def hook(root: Path) -> str:
+        from curation.audit import audit
+        from semipairs.dataset import PairDataset
+
+        return audit(PairDataset(root), root / "audit", source=source).summary_markdown()
+    return hook
 
 
 def curate(cfg: CurateConfig, progress: bool = True) -> CurateResult:
@@ -122,6 +152,13 @@ def curate(cfg: CurateConfig, progress: bool = True) -> CurateResult:
         raise SemipairsError(f"{cfg.source}: the source holds no images")
     if cfg.mining.k >= n:
         raise SemipairsError(f"k={cfg.mining.k} must be smaller than the number of images ({n})")
+    if not source.has_images:
+        if cfg.layout == "embedded":
+            raise SemipairsError(f"--layout embedded: {cfg.source} holds embeddings, not images; publish the reference "
+                                 "layout (pairs by key, resolved against your own copy of the images)")
+        if cfg.embeddings is not None:
+            raise SemipairsError(f"--embeddings: {cfg.source} brings its own embeddings; give one or the other")
+    cfg = cfg.model_copy(update={"layout": cfg.layout or ("embedded" if source.has_images else "reference")})
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torch is imported only for a torchrun group
         from semipairs.dist import distributed
@@ -131,37 +168,49 @@ def curate(cfg: CurateConfig, progress: bool = True) -> CurateResult:
     return _curate(cfg, source, 0, progress)
 
 
+def _embeddings(cfg: CurateConfig, source: ImageSource, progress: bool) -> tuple[Embeddings, EncoderInfo]:
+    """The rows to search (memory-mapped where they come from files) and the encoder they came from."""
+    keys = source.keys()
+    if not source.has_images:  # embeddings:DIR: vectors checked in place, a bad row is the user's bug to fix
+        source.check_rows()
+        emb = Embeddings(source.vectors, np.ones(len(source), bool))
+        return emb, EncoderInfo(kind="precomputed", name=f"embeddings:{Path(source.root).name}", dim=source.vectors.shape[1])
+    if cfg.embeddings is not None:
+        from semipairs.hashing import sha256_file
+
+        emb = load_embeddings(cfg.embeddings, source)
+        drop_degenerate(emb, keys)
+        return emb, EncoderInfo(kind="precomputed", name=Path(cfg.embeddings).name, dim=int(emb.vectors.shape[1]),
+                                weights_sha256=sha256_file(cfg.embeddings))
+    from curation.embed import embed_source
+    from curation.encoders import load_encoder
+
+    encoder = load_encoder(cfg.encoder, cfg.image_size)
+    cache = cfg.cache_dir or Path(cfg.store) / ".cache" / "embeddings"
+    emb = embed_source(source, encoder, cache, cfg.batch_size, cfg.num_workers, cfg.chunk_size, cfg.dtype,
+                       cfg.device, progress, precision=cfg.precision, decode_budget=budget_from_gb(cfg.decode_budget_gb))
+    drop_degenerate(emb, keys)
+    return emb, encoder.info
+
+
 def _curate(cfg: CurateConfig, source: ImageSource, rank: int, progress: bool) -> CurateResult:
     n = len(source)
     keys = source.keys()
-    if cfg.embeddings is not None:
-        emb = load_embeddings(cfg.embeddings, source)
-        drop_degenerate(emb, keys)
-        normalise_(emb.vectors)
-        encoder_info = EncoderInfo(kind="precomputed", name=Path(cfg.embeddings).name, dim=int(emb.vectors.shape[1]))
-        from semipairs.hashing import sha256_file
-
-        encoder_info.weights_sha256 = sha256_file(cfg.embeddings)
-    else:
-        from curation.embed import embed_source
-        from curation.encoders import load_encoder
-
-        encoder = load_encoder(cfg.encoder, cfg.image_size)
-        cache = cfg.cache_dir or Path(cfg.store) / ".cache" / "embeddings"
-        emb = embed_source(source, encoder, cache, cfg.batch_size, cfg.num_workers, cfg.chunk_size, cfg.dtype,
-                           cfg.device, progress and rank == 0, precision=cfg.precision,
-                           decode_budget=budget_from_gb(cfg.decode_budget_gb))
-        drop_degenerate(emb, keys)
-        encoder_info = encoder.info
-    if rank != 0:
-        return CurateResult(None, {}, {})
-
+    emb, encoder_info = _embeddings(cfg, source, progress and rank == 0)
     good = np.flatnonzero(emb.ok)
     if cfg.mining.k >= len(good):
         raise SemipairsError(f"k={cfg.mining.k} must be smaller than the number of readable images ({len(good)})")
-    x = emb.vectors if len(good) == n else emb.vectors[good]  # no copy when every image was readable
-    result, index_info = mine_embeddings(np.ascontiguousarray(x, np.float32), cfg.metric, cfg.mining, cfg.exact_max,
-                                         cfg.nprobe, progress)
+    rows = Rows(emb.vectors, None if len(good) == n else good)  # read chunk by chunk, never copied whole
+    icfg = index_config(cfg)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from curation.ranks import search_over_ranks
+
+        found = search_over_ranks(rows, icfg, cfg.mining.k, cfg.cache_dir or Path(cfg.store) / ".cache", progress)
+        if found is None:  # a rank other than 0: its slice is searched, rank 0 mines and publishes
+            return CurateResult(None, {}, {})
+        result, index_info = _mine_measured(rows, *found, icfg, cfg.mining)
+    else:
+        result, index_info = mine_embeddings(rows, cfg.metric, cfg.mining, icfg, progress)
     if result.pairs.empty:
         raise SemipairsError(f"mining found no pair ({result.counts}); loosen min_score, mutual or duplicate_threshold")
     # back from positions among readable images to source positions and keys
@@ -177,8 +226,9 @@ def _curate(cfg: CurateConfig, source: ImageSource, rank: int, progress: bool) -
     path = publish(PublishRequest(
         store=Path(cfg.store), name=cfg.name, version=cfg.version, source=source, pairs=pairs, layout=cfg.layout,
         encoder=encoder_info, index=index_info, mining=mining_info, config=cfg.model_dump(mode="json"), skipped=emb.skipped,
-        shard_size=cfg.shard_size, check_images=False, progress=progress, audit=_audit_hook if cfg.audit else None,
+        shard_size=cfg.shard_size, check_images=False, progress=progress, audit=_audit_hook(source) if cfg.audit else None,
     ))
     from semipairs.dataset import PairDataset
 
-    return CurateResult(path, PairDataset(path).manifest.stats.model_dump(), result.counts)
+    manifest = PairDataset(path).manifest
+    return CurateResult(path, manifest.stats.model_dump(), result.counts, manifest.index.model_dump())

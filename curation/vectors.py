@@ -1,7 +1,9 @@
-"""Embedding matrices without torch: loading bring-your-own ``.npy`` files, checks, normalisation.
+"""Embedding matrices without torch: bring-your-own ``.npy`` files, checks, normalisation, and ``Rows``, the
+view the index and the search read through.
 
-Kept free of torch so mining from precomputed embeddings stays light; every step works in place or in
-row blocks, so peak memory stays near one copy of the matrix.
+Kept free of torch so mining from precomputed embeddings stays light. Nothing here copies a whole matrix:
+files are memory-mapped (float16 or float32), checks run in row blocks, and ``Rows`` hands out normalised
+float32 chunks, so peak memory follows the faiss index, not N x d in float32.
 """
 
 from __future__ import annotations
@@ -29,9 +31,8 @@ class Embeddings:
     skipped: list[Skipped] = field(default_factory=list)
 
 
-def load_embeddings(path: str | Path, source: ImageSource) -> Embeddings:
-    """Bring-your-own embeddings (``.npy``, rows in source order), read once into float32."""
-    path = Path(path)
+def open_npy(path: Path) -> np.ndarray:
+    """A 2-D float ``.npy`` memory-mapped (read-only); a clear error naming the file otherwise."""
     if not path.is_file():
         raise EmbeddingError(f"{path}: embeddings file not found")
     try:
@@ -40,6 +41,16 @@ def load_embeddings(path: str | Path, source: ImageSource) -> Embeddings:
         raise EmbeddingError(f"{path}: not a plain .npy array: {exc}") from None
     if x.ndim != 2:
         raise EmbeddingError(f"{path}: expected a 2-D array (rows x dim), got shape {x.shape}")
+    if x.dtype.kind != "f":
+        raise EmbeddingError(f"{path}: expected float16/float32 rows, got dtype {x.dtype}")
+    return x
+
+
+def load_embeddings(path: str | Path, source: ImageSource) -> Embeddings:
+    """Bring-your-own embeddings (``.npy``, rows in source order), memory-mapped as stored (float16 stays
+    float16 on disk); ``Rows`` normalises each chunk as the index reads it."""
+    path = Path(path)
+    x = open_npy(path)
     if x.shape[0] != len(source):
         raise EmbeddingError(f"{path}: {x.shape[0]} rows but source {source.spec} has {len(source)} images")
     keys_file = path.with_suffix(".keys.txt")  # written beside refined embeddings: rows must match source keys
@@ -50,15 +61,13 @@ def load_embeddings(path: str | Path, source: ImageSource) -> Embeddings:
             where = f"row {mismatch}: {saved[mismatch]!r} vs {source.keys()[mismatch]!r}" if mismatch is not None else \
                 f"{len(saved)} keys vs {len(source)} images"
             raise EmbeddingError(f"{keys_file}: rows are not in the order of source {source.spec} ({where})")
-    out = np.empty(x.shape, np.float32)
-    for start in range(0, len(x), BLOCK):
-        out[start:start + BLOCK] = x[start:start + BLOCK]
-    return Embeddings(out, np.ones(len(out), bool))
+    return Embeddings(x, np.ones(len(x), bool))
 
 
 def drop_degenerate(emb: Embeddings, keys: list[str]) -> int:
     """Rows holding NaN or inf, or all zeros (a constant image under ``pixels``), are skipped like unreadable
-    images: ``ok`` False, listed in ``skipped`` with the reason. Returns how many; an error if none is left."""
+    images: ``ok`` False, listed in ``skipped`` with the reason. Returns how many; an error if none is left.
+    Reads the rows block by block and never writes them, so a read-only memory map works."""
     x, dropped = emb.vectors, 0
     for start in range(0, len(x), BLOCK):
         block = x[start:start + BLOCK]
@@ -70,7 +79,6 @@ def drop_degenerate(emb: Embeddings, keys: list[str]) -> int:
         for i in np.flatnonzero(ok & zero):
             emb.skipped.append(Skipped(keys[start + i], "embedding is all zeros (a constant image?): no direction"))
         bad = ok & (~finite | zero)
-        block[bad] = 0
         ok[bad] = False
         dropped += int(bad.sum())
     if len(x) and not emb.ok.any():
@@ -81,3 +89,43 @@ def drop_degenerate(emb: Embeddings, keys: list[str]) -> int:
 def normalise_(x: np.ndarray) -> np.ndarray:
     """L2-normalise rows in place (``semipairs.vectors.normalise_rows_``: safe for huge finite values)."""
     return normalise_rows_(x)
+
+
+@dataclass
+class Rows:
+    """The usable rows of an embedding matrix as the index sees them: row ``i`` here is row ``keep[i]`` of
+    ``data`` (all rows when ``keep`` is None), handed out as L2-normalised float32 chunks.
+
+    ``data`` may be a read-only memory map in float16 or float32 and is never copied whole: the index
+    adds and the search queries chunk by chunk."""
+
+    data: np.ndarray
+    keep: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.data) if self.keep is None else len(self.keep)
+
+    @property
+    def dim(self) -> int:
+        return int(self.data.shape[1])
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """Rows ``idx`` (sorted positions here) as a normalised float32 array."""
+        src = idx if self.keep is None else self.keep[idx]
+        return normalise_rows_(np.asarray(self.data[src], dtype=np.float32))  # fancy indexing copies
+
+    def chunk(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` as a normalised float32 array (a slice of a memory map reads only those rows)."""
+        if self.keep is None:
+            return normalise_rows_(np.array(self.data[start:stop], dtype=np.float32))
+        return self.take(np.arange(start, stop))
+
+    def chunks(self, size: int, start: int = 0, stop: int | None = None):
+        """(first row, chunk) over rows ``start:stop`` in chunks of ``size``."""
+        stop = len(self) if stop is None else stop
+        for s in range(start, stop, size):
+            yield s, self.chunk(s, min(stop, s + size))
+
+
+def as_rows(x: np.ndarray | Rows) -> Rows:
+    return x if isinstance(x, Rows) else Rows(x)

@@ -183,6 +183,8 @@ def _write_shards(req: PublishRequest, root: Path, reader: _ImageReader, pairs: 
     image whose format differs from the shards'. (pairs kept, images re-encoded, shard file entries)."""
     keep = np.ones(len(pairs), dtype=bool)
     reencoded = 0
+    if req.layout == "reference" and not req.check_images:
+        return keep, reencoded, []  # pairs by key: no image is read (curation already found the unreadable ones)
     anchors, positives = pairs["anchor_key"].tolist(), pairs["positive_key"].tolist()
     scores, ranks, mutual = pairs["score"].tolist(), pairs["rank"].tolist(), pairs["mutual"].tolist()
     bar: Callable = tqdm if req.progress else (lambda it, **_: it)

@@ -20,11 +20,13 @@ def normalise_rows_(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def without_self(scores: np.ndarray, ids: np.ndarray, first: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+def without_self(scores: np.ndarray, ids: np.ndarray, first: int | np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Drop each query from its own k+1 search results (queries are rows ``first``, ``first + 1``, ... of
-    the base). The one rule for "search excluding self": the query's own entry goes wherever it came back;
-    where it did not (exact duplicates can tie it out of the list), the last result goes instead."""
-    own = ids == np.arange(first, first + len(ids))[:, None]
+    the base, or the rows an array ``first`` lists). The one rule for "search excluding self": the query's
+    own entry goes wherever it came back; where it did not (exact duplicates can tie it out of the list),
+    the last result goes instead."""
+    query = np.arange(first, first + len(ids)) if np.isscalar(first) else np.asarray(first)
+    own = ids == query[:, None]
     drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
     keep = np.ones_like(own)
     keep[np.arange(len(ids)), drop] = False

@@ -1,5 +1,6 @@
 """Image sources from one spec string: ``imagefolder:DIR``, ``webdataset:PATTERN``, ``digits``,
-``cifar10:ROOT[:train|test]``, ``hf:OWNER/NAME[@REV][:SPLIT][#image=COL,label=COL]`` (Hub, via datasets)."""
+``cifar10:ROOT[:train|test]``, ``hf:OWNER/NAME[@REV][:SPLIT][#image=COL,label=COL]`` (Hub, via datasets),
+``embeddings:DIR[#key=COL,label=COL]`` (clip-retrieval's embedding folders: keys and vectors, no images)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,12 @@ def _cifar10(spec: str, arg: str) -> ImageSource:
     return Cifar10Source(spec, root=Path(root).expanduser(), split=split)
 
 
+def _embeddings(spec: str, arg: str) -> ImageSource:
+    from semipairs.sources.embeddings import EmbeddingsSource, parse_embeddings_spec
+
+    return EmbeddingsSource(spec, **parse_embeddings_spec(spec, arg))
+
+
 def _hub(spec: str, arg: str) -> ImageSource:
     from semipairs.sources.hub import HubImageSource, parse_hf_spec
 
@@ -44,6 +51,7 @@ def _hub(spec: str, arg: str) -> ImageSource:
 # kind -> builder(spec, argument); each imports its reader only when used
 SOURCES: dict[str, Callable[[str, str], ImageSource]] = {
     "imagefolder": _imagefolder, "webdataset": _webdataset, "digits": _digits, "cifar10": _cifar10, "hf": _hub,
+    "embeddings": _embeddings,
 }
 SOURCE_KINDS = tuple(SOURCES)
 
@@ -54,8 +62,8 @@ def open_source(spec: str) -> ImageSource:
     builder = SOURCES.get(kind)
     if builder is None or (kind != "digits" and not arg):
         raise SourceError(
-            f"unknown source spec {spec!r}: use imagefolder:DIR, webdataset:PATTERN, digits, cifar10:ROOT[:train|test] "
-            "or hf:OWNER/NAME[@REV][:SPLIT]"
+            f"unknown source spec {spec!r}: use imagefolder:DIR, webdataset:PATTERN, digits, cifar10:ROOT[:train|test], "
+            "hf:OWNER/NAME[@REV][:SPLIT] or embeddings:DIR[#key=COLUMN,label=COLUMN]"
         )
     return builder(spec, arg)
 

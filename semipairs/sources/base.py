@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from semipairs.errors import SourceError
+
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm")
 
 
@@ -61,6 +63,18 @@ def thumbnail(data: bytes, size: int = 128) -> Image.Image:
         return to_rgb(im)
 
 
+def spec_options(spec: str, text: str | None, allowed: tuple[str, ...]) -> dict[str, str]:
+    """``KEY=VALUE,KEY=VALUE`` after a spec's ``#`` as a dict; an unknown or empty option names the allowed."""
+    opts: dict[str, str] = {}
+    for part in filter(None, (text or "").split(",")):
+        k, sep, v = part.partition("=")
+        if not sep or k not in allowed or not v:
+            use = " and/or ".join(f"{a}=COLUMN" for a in allowed)
+            raise SourceError(f"{spec!r}: unknown option {part!r} after '#' (use {use})")
+        opts[k] = v
+    return opts
+
+
 @dataclass(frozen=True)
 class Skipped:
     key: str
@@ -97,6 +111,11 @@ class ImageSource(ABC):
     @property
     def has_labels(self) -> bool:
         return self.classes is not None
+
+    @property
+    def has_images(self) -> bool:
+        """False for a source of embeddings only (``embeddings:DIR``): pairs resolve by key elsewhere."""
+        return True
 
     @abstractmethod
     def keys(self) -> list[str]:

@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image
 
 from semipairs.errors import SourceError
-from semipairs.sources.base import ImageSource, SourceItem, normalise_ext
+from semipairs.sources.base import ImageSource, SourceItem, normalise_ext, spec_options
 
 _SPEC = re.compile(r"^hf:(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[^:#@\s]+))?(?::(?P<split>[\w.-]+))?(?:#(?P<opts>.*))?$")
 
@@ -27,12 +27,7 @@ def parse_hf_spec(spec: str) -> dict[str, Any]:
     m = _SPEC.match(spec)
     if not m:
         raise SourceError(f"{spec!r}: use hf:OWNER/NAME[@REVISION][:SPLIT][#image=COLUMN,label=COLUMN]")
-    opts: dict[str, str] = {}
-    for part in filter(None, (m["opts"] or "").split(",")):
-        k, sep, v = part.partition("=")
-        if not sep or k not in ("image", "label") or not v:
-            raise SourceError(f"{spec!r}: unknown option {part!r} after '#' (use image=COLUMN and/or label=COLUMN)")
-        opts[k] = v
+    opts = spec_options(spec, m["opts"], ("image", "label"))
     return {"repo_id": m["repo"], "revision": m["rev"], "split": m["split"] or "train",
             "image_column": opts.get("image"), "label_column": opts.get("label")}
 
