@@ -7,10 +7,15 @@
   model's forward over pre-decoded tensors.
 - quality: precision / coverage of pairs mined on CIFAR-10 train with an offline encoder: plain top-1,
   mutual, mutual + threshold (a curve), and top-1 + threshold for reference.
+- scale: synthetic clustered embeddings (d=256, float16) in clip-retrieval's layout at each ``--sizes`` N:
+  the whole ``semipairs curate --source embeddings:DIR`` command (default index choice and audit) vs raw
+  faiss with the same factory string, nprobe and training-sample size, each in its own fresh process:
+  wall time, peak RSS, bytes per vector, and the command's recall@10 against exact search.
 
     python bench/curation.py --part mining --n 100000 --dim 512
     python bench/curation.py --part embed --images 2048 --image-size 128
     python bench/curation.py --part quality --encoder pixels
+    python bench/curation.py --part scale --sizes 100000,1000000 --out bench/out/scale.json
 """
 
 from __future__ import annotations
@@ -38,18 +43,47 @@ print(time.perf_counter() - t)
 
 SP_MINING = """
 import time
-from curation.vectors import load_embeddings, check_finite, normalise_
+from curation.vectors import Rows, drop_degenerate, load_embeddings
 from curation.pipeline import mine_embeddings
 from curation.mine import MiningConfig
-class Rows:  # stands in for a source: only its length and name are needed
+class Source:  # stands in for a source: only its length and name are needed
     spec = "bench"
     def __len__(self): return {n}
 t = time.perf_counter()
-emb = load_embeddings({path!r}, Rows())
-check_finite(emb, [str(i) for i in range({n})], "bench")
-normalise_(emb.vectors)
-res, info = mine_embeddings(emb.vectors, "cosine", MiningConfig(k={k}, mutual=True), progress=False)
+emb = load_embeddings({path!r}, Source())
+drop_degenerate(emb, [str(i) for i in range({n})])
+res, info = mine_embeddings(Rows(emb.vectors), "cosine", MiningConfig(k={k}, mutual=True), progress=False)
 print(time.perf_counter() - t)
+"""
+
+RAW_SCALE = """
+import glob, time, numpy as np, faiss
+t = time.perf_counter()
+x = np.concatenate([np.load(f).astype(np.float32) for f in sorted(glob.glob({root!r} + "/img_emb/img_emb_*.npy"),
+                    key=lambda f: int(f.rsplit("_", 1)[1][:-4]))])
+x /= np.linalg.norm(x, axis=1, keepdims=True)
+index = faiss.index_factory(x.shape[1], {factory!r}, faiss.METRIC_INNER_PRODUCT)
+if not index.is_trained:
+    index.train(x[np.sort(np.random.default_rng(0).choice(len(x), {train}, replace=False))])
+if {nprobe}:
+    faiss.extract_index_ivf(index).nprobe = {nprobe}
+index.add(x)
+for s in range(0, len(x), 16384):
+    D, I = index.search(x[s:s + 16384], {k} + 1)
+print(time.perf_counter() - t)
+"""
+
+SP_SCALE = """
+import json, sys, time
+from semipairs.cli import main
+sys.argv = ["semipairs", "curate", "--source", "embeddings:{root}", "--store", {store!r}, "--name", "scale",
+            "--k", "{k}", "--recall-queries", "{recall}", "--json"]
+t = time.perf_counter()
+try:
+    main()
+except SystemExit as e:
+    assert not e.code, e.code
+print("WALL", time.perf_counter() - t)
 """
 
 
@@ -75,6 +109,70 @@ def part_mining(args) -> dict:
         "wall_time_ratio": round(sp_t / raw_t, 3), "peak_memory_ratio": round(sp_rss / raw_rss, 3),
         "targets": {"wall_time_ratio_max": 1.2, "peak_memory_ratio_max": 1.5},
     }
+
+
+def write_clip_layout(root: Path, n: int, dim: int, part_rows: int = 1_000_000, seed: int = 0) -> None:
+    """Clustered unit vectors as clip-retrieval writes them (float16 img_emb_N.npy + metadata_N.parquet),
+    generated a block at a time: ~200 vectors per cluster, clusters grouped under 256 super-clusters, so
+    neighbours are close but not trivially separable."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    n_clusters = max(10, n // 200)
+    supers = rng.normal(size=(256, dim)).astype(np.float32)
+    centers = supers[rng.integers(0, 256, n_clusters)] + 0.6 * rng.normal(size=(n_clusters, dim)).astype(np.float32)
+    (root / "img_emb").mkdir(parents=True, exist_ok=True)
+    (root / "metadata").mkdir(parents=True, exist_ok=True)
+    for part, start in enumerate(range(0, n, part_rows)):
+        stop = min(n, start + part_rows)
+        out = np.lib.format.open_memmap(root / "img_emb" / f"img_emb_{part}.npy", "w+", np.float16, (stop - start, dim))
+        label = rng.integers(0, n_clusters, stop - start)
+        for s in range(0, stop - start, 100_000):
+            e = min(stop - start, s + 100_000)
+            x = centers[label[s:e]] + 0.5 * rng.normal(size=(e - s, dim)).astype(np.float32)
+            out[s:e] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        out.flush()
+        del out
+        pd.DataFrame({"image_path": [f"img/{i:09d}.jpg" for i in range(start, stop)], "cluster": label}).to_parquet(
+            root / "metadata" / f"metadata_{part}.parquet")
+
+
+def part_scale(args) -> dict:
+    import json
+
+    sizes = [int(v) for v in args.sizes.split(",")]
+    rows = []
+    for n in sizes:
+        work = Path(tempfile.mkdtemp(prefix=f"sp-bench-scale-{n}-", dir=args.workdir))
+        t = time.perf_counter()
+        write_clip_layout(work / "emb", n, args.dim)
+        gen_s = time.perf_counter() - t
+        sp_rss, out = run_child(SP_SCALE.format(root=str(work / "emb"), store=str(work / "store"), k=args.k,
+                                                recall=args.recall_queries))
+        wall = float(out.rsplit("WALL", 1)[1])
+        result = json.loads(out.rsplit("WALL", 1)[0])
+        ix = result["index"]
+        raw_rss, raw_t = run_child(RAW_SCALE.format(root=str(work / "emb"), factory=ix["factory"], k=args.k,
+                                                    nprobe=ix.get("nprobe") or 0, train=ix.get("train_size") or 0))
+        shutil.rmtree(work, ignore_errors=True)
+        row = {
+            "n": n, "dim": args.dim, "k": args.k, "generate_seconds": round(gen_s, 1),
+            "factory": ix["factory"], "nprobe": ix.get("nprobe"), "train_size": ix.get("train_size"),
+            "index_bytes_per_vector": ix.get("bytes_per_vector"),
+            "recall_at_10": ix.get("recall_at_k"), "recall_queries": ix.get("recall_queries"),
+            "seconds": {"raw_faiss": round(float(raw_t), 1), "semipairs_curate": round(wall, 1),
+                        "semipairs_stages": result.get("seconds")},
+            "peak_rss_mb": {"raw_faiss": round(raw_rss), "semipairs_curate": round(sp_rss)},
+            "peak_rss_bytes_per_vector": {"raw_faiss": round(raw_rss * 2**20 / n), "semipairs_curate": round(sp_rss * 2**20 / n)},
+            "wall_time_ratio": round(wall / float(raw_t), 3), "peak_memory_ratio": round(sp_rss / raw_rss, 3),
+            "pairs": result["stats"]["num_pairs"],
+        }
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        if args.out:  # each size as it finishes: a long run that is cut off keeps what it measured
+            emit({"benchmark": "curation.scale", "machine": machine(), "rows": rows}, args.out)
+    return {"rows": rows, "targets": {"wall_time_ratio_max_at_1m": 1.2, "peak_memory_ratio_max": 1.5,
+                                      "recall_at_10_min": 0.9, "peak_rss_per_vector": "does not grow with N"}}
 
 
 def _subset_folder(work: Path, n: int) -> Path:
@@ -175,9 +273,11 @@ def part_quality(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["mining", "embed", "quality"], required=True)
+    ap.add_argument("--part", choices=["mining", "embed", "quality", "scale"], required=True)
+    ap.add_argument("--sizes", default="100000,1000000,4000000", help="scale: N values, comma-separated")
+    ap.add_argument("--recall-queries", type=int, default=10_000, help="scale: queries for recall@10 vs exact")
     ap.add_argument("--n", type=int, default=100_000)
-    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--dim", type=int, default=None, help="vector dimension (mining: 512, scale: 256)")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--images", type=int, default=2048)
     ap.add_argument("--model", default="resnet18")
@@ -189,8 +289,9 @@ def main() -> None:
     ap.add_argument("--workdir", default=None, help="keep extracted images here between runs")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    args.dim = args.dim or (256 if args.part == "scale" else 512)
     result = {"benchmark": f"curation.{args.part}", "machine": machine(),
-              **{"mining": part_mining, "embed": part_embed, "quality": part_quality}[args.part](args)}
+              **{"mining": part_mining, "embed": part_embed, "quality": part_quality, "scale": part_scale}[args.part](args)}
     emit(result, args.out)
 
 

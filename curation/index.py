@@ -108,7 +108,7 @@ def build_index(x: np.ndarray | Rows, cfg: IndexConfig, progress: bool = False) 
                          disable=not progress):
         index.add(chunk)
     info = IndexInfo(factory=factory, metric=cfg.metric, size=n, dim=d, gpus=gpus,
-                     bytes_per_vector=round(index_bytes(index) / max(n, 1), 1), **extra)
+                     bytes_per_vector=bytes_per_vector(index, d), **extra)
     return index, info
 
 
@@ -126,12 +126,15 @@ def set_nprobe(index: faiss.Index, nprobe: int) -> int:
     return int(ivf.nprobe)
 
 
-def index_bytes(index: faiss.Index) -> int:
-    """Size of the serialised index: what it holds in memory, near enough (codes, ids, centroids)."""
+def bytes_per_vector(index: faiss.Index, d: int) -> int:
+    """Memory one vector takes in the index: its code, plus its 8-byte id in an IVF list."""
+    ivf = _ivf(index)
+    if ivf is not None:
+        return int(ivf.code_size) + 8
     try:
-        return len(faiss.serialize_index(index))
-    except RuntimeError:  # a GPU index does not serialise
-        return 0
+        return int(index.sa_code_size())
+    except RuntimeError:  # an index without a standalone code (HNSW, GPU): the float32 vector, at least
+        return 4 * d
 
 
 def search(index: faiss.Index, x: np.ndarray | Rows, k: int, batch: int, progress: bool = True,

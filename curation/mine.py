@@ -50,11 +50,7 @@ def mine(scores: np.ndarray, ids: np.ndarray, cfg: MiningConfig) -> MiningResult
     ok = pos >= 0
     counts = {"candidates": int(ok.sum())}
 
-    edge = anchor.astype(np.int64) * n + pos
-    rev = pos.astype(np.int64) * n + anchor
-    order = np.sort(edge[ok])
-    at = np.searchsorted(order, rev)
-    is_mutual = ok & (order[np.clip(at, 0, len(order) - 1)] == rev) if len(order) else np.zeros_like(ok)
+    is_mutual = _mutual(anchor, pos, ok, n)
 
     rank_score = sc
     if cfg.csls:
@@ -76,20 +72,45 @@ def mine(scores: np.ndarray, ids: np.ndarray, cfg: MiningConfig) -> MiningResult
         counts["not_mutual"] = int((ok & ~is_mutual).sum())
         ok &= is_mutual
 
-    sel = np.flatnonzero(ok)
-    df = pd.DataFrame({"anchor": anchor[sel], "positive": pos[sel], "score": sc[sel], "rank_score": rank_score[sel],
-                       "mutual": is_mutual[sel]})
+    sel = np.flatnonzero(ok)  # anchor-major, best first within an anchor
     if cfg.csls:  # CSLS re-ranks neighbours within each anchor
-        df = df.sort_values(["anchor", "rank_score"], ascending=[True, False], kind="stable")
-    df["rank"] = (df.groupby("anchor").cumcount() + 1).astype(np.int16) if cfg.csls else rank[sel]
-    before = len(df)
-    df = df[df.groupby("anchor").cumcount() < cfg.max_per_anchor]
-    counts["over_max_per_anchor"] = before - len(df)
-    if cfg.symmetric_dedup and len(df):
-        lo = np.minimum(df["anchor"].to_numpy(), df["positive"].to_numpy())
-        hi = np.maximum(df["anchor"].to_numpy(), df["positive"].to_numpy())
-        dup = pd.Series(lo.astype(np.int64) * n + hi).duplicated(keep="first").to_numpy()
-        counts["symmetric_duplicates"] = int(dup.sum())
-        df = df[~dup]
-    counts["pairs"] = len(df)
-    return MiningResult(df.drop(columns="rank_score").reset_index(drop=True), counts, threshold)
+        sel = sel[np.lexsort((-rank_score[sel], anchor[sel]))]
+        rank_sel = _within_anchor(anchor[sel]) + 1
+    else:
+        rank_sel = rank[sel]
+    cap = _within_anchor(anchor[sel]) < cfg.max_per_anchor
+    counts["over_max_per_anchor"] = int((~cap).sum())
+    sel, rank_sel = sel[cap], rank_sel[cap]
+    if cfg.symmetric_dedup and len(sel):
+        a, p = anchor[sel].astype(np.int64), pos[sel].astype(np.int64)
+        _, first = np.unique(np.minimum(a, p) * n + np.maximum(a, p), return_index=True)
+        keep = np.zeros(len(sel), bool)
+        keep[first] = True  # the first of (i, j) and (j, i) in anchor-major order
+        counts["symmetric_duplicates"] = int((~keep).sum())
+        sel, rank_sel = sel[keep], rank_sel[keep]
+    counts["pairs"] = len(sel)
+    df = pd.DataFrame({"anchor": anchor[sel], "positive": pos[sel], "score": sc[sel],
+                       "rank": rank_sel.astype(np.int16), "mutual": is_mutual[sel]})
+    return MiningResult(df, counts, threshold)
+
+
+def _mutual(anchor: np.ndarray, pos: np.ndarray, ok: np.ndarray, n: int) -> np.ndarray:
+    """Whether each candidate (i, j) has (j, i) among the candidates too: both edge lists sorted, then one
+    ordered ``searchsorted`` (an unordered one over millions of edges is cache-bound, ~5x slower)."""
+    if not ok.any():
+        return np.zeros_like(ok)
+    edges = np.sort(anchor[ok].astype(np.int64) * n + pos[ok])
+    rev = pos.astype(np.int64) * n + anchor
+    by = np.argsort(rev, kind="stable")
+    at = np.searchsorted(edges, rev[by])
+    hit = np.zeros_like(ok)
+    hit[by] = edges[np.minimum(at, len(edges) - 1)] == rev[by]
+    return hit & ok
+
+
+def _within_anchor(anchors: np.ndarray) -> np.ndarray:
+    """Position of each entry within its run of equal (sorted) anchors: 0, 1, 2, ... per anchor."""
+    if not len(anchors):
+        return np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, anchors[1:] != anchors[:-1]])
+    return np.arange(len(anchors)) - np.repeat(starts, np.diff(np.r_[starts, len(anchors)]))

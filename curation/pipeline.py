@@ -8,6 +8,9 @@ queries (``curation.ranks``), rank 0 mines and publishes. Embeddings given as fi
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +23,7 @@ from curation.index import IndexConfig, build_index, measure_recall, search
 from curation.mine import MiningConfig, MiningResult, mine
 from curation.vectors import Embeddings, Rows, drop_degenerate, load_embeddings
 from semipairs.config import read_yaml
+from semipairs.dataset import PairDataset
 from semipairs.decoded import budget_from_gb, default_budget_bytes
 from semipairs.errors import SemipairsError
 from semipairs.manifest import EncoderInfo, IndexInfo, MiningInfo, check_name, check_version
@@ -98,33 +102,46 @@ class CurateResult:
     stats: dict[str, Any]
     counts: dict[str, int]
     index: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each stage
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path) if self.path else None, "stats": self.stats, "mining_counts": self.counts,
-                "index": self.index}
+                "index": self.index, "seconds": self.seconds}
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], stage: str) -> Iterator[None]:
+    t = time.perf_counter()
+    yield
+    seconds[stage] = round(seconds.get(stage, 0.0) + time.perf_counter() - t, 3)
 
 
 def mine_embeddings(x: np.ndarray | Rows, metric: str, mining: MiningConfig, index_cfg: IndexConfig | None = None,
-                    progress: bool = True) -> tuple[MiningResult, IndexInfo]:
+                    progress: bool = True, seconds: dict[str, float] | None = None) -> tuple[MiningResult, IndexInfo]:
     """Index + chunked kNN search + recall on a sample + mining over rows (positions, not keys); ``x`` is a
-    normalised float32 array or ``Rows`` over a memory map."""
+    normalised float32 array or ``Rows`` over ``.npy`` files. ``seconds`` collects each stage's wall time."""
     index_cfg = index_cfg or IndexConfig(metric=metric, seed=mining.seed)
-    index, index_info = build_index(x, index_cfg, progress)
-    scores, ids = search(index, x, mining.k, index_cfg.query_batch, progress)
+    seconds = {} if seconds is None else seconds
+    with _timed(seconds, "index"):
+        index, index_info = build_index(x, index_cfg, progress)
+    with _timed(seconds, "search"):
+        scores, ids = search(index, x, mining.k, index_cfg.query_batch, progress)
     del index
-    return _mine_measured(x, scores, ids, index_info, index_cfg, mining)
+    return _mine_measured(x, scores, ids, index_info, index_cfg, mining, seconds)
 
 
 def _mine_measured(x: np.ndarray | Rows, scores: np.ndarray, ids: np.ndarray, info: IndexInfo, index_cfg: IndexConfig,
-                   mining: MiningConfig) -> tuple[MiningResult, IndexInfo]:
+                   mining: MiningConfig, seconds: dict[str, float]) -> tuple[MiningResult, IndexInfo]:
     """Recall@k of an approximate index on sampled queries (exact search is 1.0 by construction), then mining."""
-    if info.factory == "Flat":
-        info = info.model_copy(update={"recall_at_k": 1.0, "recall_k": mining.k, "recall_queries": 0})
-    elif index_cfg.recall_queries:
-        rows = x if isinstance(x, Rows) else Rows(x)
-        info = info.model_copy(update=measure_recall(rows, ids, mining.k, index_cfg.metric, index_cfg.recall_queries,
-                                                     index_cfg.seed))
-    return mine(scores, ids, mining), info
+    with _timed(seconds, "recall"):
+        if info.factory == "Flat":
+            info = info.model_copy(update={"recall_at_k": 1.0, "recall_k": mining.k, "recall_queries": 0})
+        elif index_cfg.recall_queries:
+            rows = x if isinstance(x, Rows) else Rows(x)
+            info = info.model_copy(update=measure_recall(rows, ids, mining.k, index_cfg.metric, index_cfg.recall_queries,
+                                                         index_cfg.seed))
+    with _timed(seconds, "mine"):
+        return mine(scores, ids, mining), info
 
 
 def index_config(cfg: CurateConfig) -> IndexConfig:
@@ -137,7 +154,6 @@ def _audit_hook(source: ImageSource):
     """The publish hook writing the default audit, reading the already-open source (no second scan)."""
     def hook(root: Path) -> str:
         from curation.audit import audit
-        from semipairs.dataset import PairDataset
 
         return audit(PairDataset(root), root / "audit", source=source).summary_markdown()
     return hook
@@ -196,7 +212,9 @@ def _embeddings(cfg: CurateConfig, source: ImageSource, progress: bool) -> tuple
 def _curate(cfg: CurateConfig, source: ImageSource, rank: int, progress: bool) -> CurateResult:
     n = len(source)
     keys = source.keys()
-    emb, encoder_info = _embeddings(cfg, source, progress and rank == 0)
+    seconds: dict[str, float] = {}
+    with _timed(seconds, "embeddings"):
+        emb, encoder_info = _embeddings(cfg, source, progress and rank == 0)
     good = np.flatnonzero(emb.ok)
     if cfg.mining.k >= len(good):
         raise SemipairsError(f"k={cfg.mining.k} must be smaller than the number of readable images ({len(good)})")
@@ -205,12 +223,13 @@ def _curate(cfg: CurateConfig, source: ImageSource, rank: int, progress: bool) -
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from curation.ranks import search_over_ranks
 
-        found = search_over_ranks(rows, icfg, cfg.mining.k, cfg.cache_dir or Path(cfg.store) / ".cache", progress)
+        with _timed(seconds, "index_and_search"):
+            found = search_over_ranks(rows, icfg, cfg.mining.k, cfg.cache_dir or Path(cfg.store) / ".cache", progress)
         if found is None:  # a rank other than 0: its slice is searched, rank 0 mines and publishes
             return CurateResult(None, {}, {})
-        result, index_info = _mine_measured(rows, *found, icfg, cfg.mining)
+        result, index_info = _mine_measured(rows, *found, icfg, cfg.mining, seconds)
     else:
-        result, index_info = mine_embeddings(rows, cfg.metric, cfg.mining, icfg, progress)
+        result, index_info = mine_embeddings(rows, cfg.metric, cfg.mining, icfg, progress, seconds)
     if result.pairs.empty:
         raise SemipairsError(f"mining found no pair ({result.counts}); loosen min_score, mutual or duplicate_threshold")
     # back from positions among readable images to source positions and keys
@@ -223,12 +242,16 @@ def _curate(cfg: CurateConfig, source: ImageSource, rank: int, progress: bool) -
         "mutual": result.pairs["mutual"].to_numpy(bool),
     })
     mining_info = MiningInfo(**cfg.mining.model_dump(), resolved_threshold=result.threshold, counts=result.counts)
-    path = publish(PublishRequest(
+    with _timed(seconds, "publish"):
+        path = _publish(cfg, source, pairs, encoder_info, index_info, mining_info, emb, progress)
+    manifest = PairDataset(path).manifest
+    return CurateResult(path, manifest.stats.model_dump(), result.counts, manifest.index.model_dump(), seconds)
+
+
+def _publish(cfg: CurateConfig, source: ImageSource, pairs: pd.DataFrame, encoder_info: EncoderInfo,
+             index_info: IndexInfo, mining_info: MiningInfo, emb: Embeddings, progress: bool) -> Path:
+    return publish(PublishRequest(
         store=Path(cfg.store), name=cfg.name, version=cfg.version, source=source, pairs=pairs, layout=cfg.layout,
         encoder=encoder_info, index=index_info, mining=mining_info, config=cfg.model_dump(mode="json"), skipped=emb.skipped,
         shard_size=cfg.shard_size, check_images=False, progress=progress, audit=_audit_hook(source) if cfg.audit else None,
     ))
-    from semipairs.dataset import PairDataset
-
-    manifest = PairDataset(path).manifest
-    return CurateResult(path, manifest.stats.model_dump(), result.counts, manifest.index.model_dump())

@@ -15,7 +15,7 @@ import numpy as np
 
 from semipairs.errors import SemipairsError
 from semipairs.sources.base import ImageSource, Skipped
-from semipairs.vectors import BLOCK, normalise_rows_
+from semipairs.vectors import BLOCK, Parts, normalise_rows_
 
 
 class EmbeddingError(SemipairsError):
@@ -26,7 +26,7 @@ class EmbeddingError(SemipairsError):
 class Embeddings:
     """Rows in source order (L2-normalised once checked); ``ok`` is False for unreadable images."""
 
-    vectors: np.ndarray
+    vectors: np.ndarray | Parts  # Parts: rows read from .npy files on demand
     ok: np.ndarray
     skipped: list[Skipped] = field(default_factory=list)
 
@@ -61,7 +61,7 @@ def load_embeddings(path: str | Path, source: ImageSource) -> Embeddings:
             where = f"row {mismatch}: {saved[mismatch]!r} vs {source.keys()[mismatch]!r}" if mismatch is not None else \
                 f"{len(saved)} keys vs {len(source)} images"
             raise EmbeddingError(f"{keys_file}: rows are not in the order of source {source.spec} ({where})")
-    return Embeddings(x, np.ones(len(x), bool))
+    return Embeddings(Parts([path]), np.ones(len(x), bool))
 
 
 def drop_degenerate(emb: Embeddings, keys: list[str]) -> int:

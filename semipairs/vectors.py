@@ -1,6 +1,9 @@
-"""Row normalisation shared by curation (mining) and training (kNN graphs): one rule, one place."""
+"""Row helpers shared by curation (mining) and training (kNN graphs): one rule, one place. Normalisation,
+"search excluding self", and ``Parts``: ``.npy`` files read as one matrix without keeping it in memory."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
@@ -31,3 +34,47 @@ def without_self(scores: np.ndarray, ids: np.ndarray, first: int | np.ndarray, k
     keep = np.ones_like(own)
     keep[np.arange(len(ids)), drop] = False
     return scores[keep].reshape(-1, k), ids[keep].reshape(-1, k)
+
+
+class Parts:
+    """One or more 2-D ``.npy`` files (float16/float32) seen as one N x d array, read on demand.
+
+    Each read maps the file briefly and copies only the rows asked for (a slice, or sorted positions), so the
+    pages of a matrix larger than RAM never pile up in this process's resident memory as a long-lived memory
+    map's would: peak memory follows the chunk being read."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = [Path(p) for p in paths]
+        heads = [np.load(p, mmap_mode="r", allow_pickle=False) for p in self.paths]
+        self.offsets = np.cumsum([0] + [len(h) for h in heads])
+        self.shape = (int(self.offsets[-1]), int(heads[0].shape[1]))
+        self.dtype = np.result_type(*(h.dtype for h in heads))
+        self.ndim = 2
+        del heads
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _part(self, i: int) -> np.ndarray:
+        return np.load(self.paths[i], mmap_mode="r", allow_pickle=False)
+
+    def __getitem__(self, idx) -> np.ndarray:
+        if isinstance(idx, slice):
+            start, stop, step = idx.indices(len(self))
+            if step != 1:
+                return self[np.arange(start, stop, step)]
+            out = np.empty((max(0, stop - start), self.shape[1]), self.dtype)
+            for i, (lo, hi) in enumerate(zip(self.offsets[:-1], self.offsets[1:])):
+                a, b = max(start, lo), min(stop, hi)
+                if a < b:
+                    out[a - start:b - start] = self._part(i)[a - lo:b - lo]
+            return out
+        idx = np.asarray(idx)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        part = np.searchsorted(self.offsets, idx, side="right") - 1
+        out = np.empty((len(idx), self.shape[1]), self.dtype)
+        for i in np.unique(part):
+            sel = part == i
+            out[sel] = self._part(int(i))[idx[sel] - self.offsets[i]]
+        return out

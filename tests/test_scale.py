@@ -23,7 +23,7 @@ from curation.vectors import Rows, load_embeddings
 from semipairs.cli import app
 from semipairs.errors import SemipairsError, SourceError
 from semipairs.sources import open_source
-from semipairs.sources.embeddings import Parts
+from semipairs.vectors import Parts
 
 
 def clustered(n: int, d: int, classes: int = 12, noise: float = 0.9, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -60,7 +60,7 @@ def test_parts_read_like_one_array(tmp_path: Path) -> None:
     np.testing.assert_array_equal(v[45:60], whole[45:60])  # straddles three parts
     idx = np.array([0, 49, 50, 56, 57, 99])
     np.testing.assert_array_equal(v[idx], whole[idx])
-    assert all(isinstance(a, np.memmap) for a in v.arrays)  # never loaded whole
+    assert isinstance(v, Parts) and len(v.paths) == 3  # read on demand, never loaded whole
 
 
 def test_embeddings_source_keys_labels_and_columns(tmp_path: Path) -> None:
@@ -212,7 +212,7 @@ def test_float16_embeddings_file_stays_memory_mapped(tmp_path: Path, cifar_folde
     x, _ = clustered(len(src), 24)
     np.save(tmp_path / "e.npy", x.astype(np.float16))
     emb = load_embeddings(tmp_path / "e.npy", src)
-    assert isinstance(emb.vectors, np.memmap) and emb.vectors.dtype == np.float16
+    assert isinstance(emb.vectors, Parts) and emb.vectors.dtype == np.float16  # read on demand
     res = curate(CurateConfig(source=src.spec, store=tmp_path / "s", name="f16", embeddings=tmp_path / "e.npy",
                               layout="reference", mining=MiningConfig(k=3)), progress=False)
     t = semipairs.load(res.path).table

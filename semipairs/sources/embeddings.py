@@ -17,41 +17,9 @@ import numpy as np
 
 from semipairs.errors import SourceError
 from semipairs.sources.base import ImageSource, SourceItem, spec_options
+from semipairs.vectors import Parts
 
 _PART = re.compile(r"^(?:img_emb|metadata)_(\d+)\.(?:npy|parquet)$")
-
-
-class Parts:
-    """Several memory-mapped ``.npy`` parts seen as one N x d array: slices and sorted fancy indexing read
-    only the rows asked for, so the whole matrix is never loaded."""
-
-    def __init__(self, arrays: list[np.ndarray]) -> None:
-        self.arrays = arrays
-        self.offsets = np.cumsum([0] + [len(a) for a in arrays])
-        self.shape = (int(self.offsets[-1]), int(arrays[0].shape[1]))
-        self.dtype = np.result_type(*(a.dtype for a in arrays))
-        self.ndim = 2
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, idx) -> np.ndarray:
-        if isinstance(idx, slice):
-            start, stop, step = idx.indices(len(self))
-            if step != 1:
-                return self[np.arange(start, stop, step)]
-            out = [a[max(0, start - o):max(0, stop - o)] for a, o in zip(self.arrays, self.offsets[:-1])
-                   if start < o + len(a) and stop > o]
-            return np.concatenate(out).astype(self.dtype, copy=False) if out else np.empty((0, self.shape[1]), self.dtype)
-        idx = np.asarray(idx)
-        if idx.dtype == bool:
-            idx = np.flatnonzero(idx)
-        part = np.searchsorted(self.offsets, idx, side="right") - 1
-        out = np.empty((len(idx), self.shape[1]), self.dtype)
-        for p in np.unique(part):
-            sel = part == p
-            out[sel] = self.arrays[p][idx[sel] - self.offsets[p]]
-        return out
 
 
 @dataclass
@@ -93,7 +61,7 @@ class EmbeddingsSource(ImageSource):
                               "must be unique (name another column with #key=COLUMN)")
         self._keys, self._files = keys, [emb[n] for n in sorted(emb)] + [meta[n] for n in sorted(meta)]
         self._set_labels(labels)
-        self.vectors = Parts(arrays)
+        self.vectors = Parts([emb[n] for n in sorted(emb)])
 
     def _parts(self, folder: Path, stem: str, ext: str) -> dict[int, Path]:
         if not folder.is_dir():
@@ -145,9 +113,10 @@ class EmbeddingsSource(ImageSource):
     def check_rows(self, block: int = 65_536) -> None:
         """Every row finite and non-zero, read block by block; else an error naming the part file and row
         (a NaN row in someone's embedding job is a bug to fix there, not an image to skip)."""
-        for a, path in zip(self.vectors.arrays, self._files):
-            for start in range(0, len(a), block):
-                x = np.asarray(a[start:start + block])
+        for part, path in enumerate(self.vectors.paths):
+            first, stop = int(self.vectors.offsets[part]), int(self.vectors.offsets[part + 1])
+            for start in range(0, stop - first, block):
+                x = self.vectors[first + start:min(stop, first + start + block)]
                 bad = ~np.isfinite(x).all(axis=1) | ~x.any(axis=1)
                 if bad.any():
                     i = start + int(np.argmax(bad))
