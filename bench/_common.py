@@ -61,7 +61,10 @@ def extract_cifar(split: str, dest: Path) -> Path:
 
 def run_child(code: str) -> tuple[float, str]:
     """Run ``code`` in a fresh interpreter; (its own peak RSS in MB, its stdout without the RSS line)."""
-    probe = "\nimport resource as _r; print('PEAK_RSS_KB', _r.getrusage(_r.RUSAGE_SELF).ru_maxrss)"
+    # VmHWM is this process's own high-water mark; ru_maxrss would start at the (large) parent's RSS, which a
+    # forked child inherits across exec
+    probe = ("\nimport re as _re; print('PEAK_RSS_KB', _re.search(r'VmHWM:\\s+(\\d+)', "
+             "open('/proc/self/status').read()).group(1))")
     proc = subprocess.run([sys.executable, "-c", code + probe], capture_output=True, text=True, cwd=REPO)
     if proc.returncode:
         raise RuntimeError(proc.stderr[-2000:])

@@ -28,34 +28,45 @@ class ImageFolderSource(ImageSource):
         root = Path(self.root)
         if not root.is_dir():
             raise SourceError(f"{self.spec}: directory {root} does not exist")
-        files = sorted(
-            (p for p in root.rglob("*") if p.suffix.lower().lstrip(".") in IMAGE_EXTS and p.is_file()),
-            key=lambda p: p.relative_to(root).as_posix(),
-        )
-        rels = [p.relative_to(root) for p in files]
-        for r in rels:
-            try:
-                r.as_posix().encode("utf-8")
-            except UnicodeEncodeError:  # keys are UTF-8 text in parquet, JSON and the Hub
-                raise SourceError(f"{self.spec}: file name {os.fsencode(r)!r} is not valid UTF-8; rename it") from None
-        keys = [r.with_suffix("").as_posix() for r in rels]
-        seen: dict[str, Path] = {}
-        for k, r in zip(keys, rels):
-            if k in seen:
-                raise SourceError(
-                    f"{self.spec}: files {seen[k].as_posix()} and {r.as_posix()} share the key {k!r}; "
-                    "keys are paths without extension, so rename one"
-                )
-            seen[k] = r
-        labelled = bool(rels) and all(len(r.parts) >= 2 for r in rels)
-        if labelled:
-            self.classes = sorted({r.parts[0] for r in rels})
+        rels = sorted(self._scan(root))  # relative POSIX paths as strings: sorting Paths costs 10x more
+        keys = [r.rsplit(".", 1)[0] for r in rels]
+        if len(set(keys)) != len(keys):
+            seen: dict[str, str] = {}
+            for k, r in zip(keys, rels):
+                if k in seen:
+                    raise SourceError(f"{self.spec}: files {seen[k]} and {r} share the key {k!r}; keys are paths "
+                                      "without extension, so rename one")
+                seen[k] = r
+        tops = [r.split("/", 1)[0] if "/" in r else None for r in rels]
+        if rels and all(t is not None for t in tops):
+            self.classes = sorted(set(tops))
             idx = {c: i for i, c in enumerate(self.classes)}
-            self._labels = [idx[r.parts[0]] for r in rels]
+            self._labels = [idx[t] for t in tops]
         else:
             self.classes = None
             self._labels = [None] * len(rels)
-        self._files, self._keys = files, keys
+        self._files = [root / r for r in rels]
+        self._keys = keys
+
+    def _scan(self, root: Path) -> list[str]:
+        """Image files under ``root`` (symlinked files included; directories as ``os.walk`` visits them), as
+        relative POSIX paths. ``DirEntry.is_file`` answers from the directory listing, without a stat a file."""
+        out: list[str] = []
+        stack = [(os.fsencode(root), b"")]
+        while stack:
+            path, rel = stack.pop()
+            with os.scandir(path) as it:
+                for e in it:
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append((e.path, rel + e.name + b"/"))
+                    elif b"." in e.name and e.name.rsplit(b".", 1)[1].lower().decode("latin-1") in IMAGE_EXTS \
+                            and e.is_file():
+                        try:
+                            out.append((rel + e.name).decode("utf-8"))
+                        except UnicodeDecodeError:  # keys are UTF-8 text in parquet, JSON and the Hub
+                            raise SourceError(f"{self.spec}: file name {rel + e.name!r} is not valid UTF-8; "
+                                              "rename it") from None
+        return out
 
     def keys(self) -> list[str]:
         return self._keys
