@@ -137,25 +137,55 @@ def bytes_per_vector(index: faiss.Index, d: int) -> int:
         return 4 * d
 
 
-def search(index: faiss.Index, x: np.ndarray | Rows, k: int, batch: int, progress: bool = True,
-           part: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` neighbours of rows of ``x`` (self excluded): (scores, ids), each rows x k.
+def query_order(index: faiss.Index, n: int) -> np.ndarray:
+    """The order to search the base's own rows in: inverted-list order for an IVF index (consecutive queries
+    then probe mostly the same lists, which stay in cache instead of streaming from RAM for every query),
+    row order otherwise."""
+    ivf = _ivf(index) if index.ntotal == n else None
+    if ivf is None or not hasattr(ivf, "invlists") or ivf.invlists is None:
+        return np.arange(n)
+    inv = ivf.invlists
+    order = [faiss.rev_swig_ptr(inv.get_ids(i), inv.list_size(i)).copy() for i in range(ivf.nlist) if inv.list_size(i)]
+    order = np.concatenate(order) if order else np.zeros(0, np.int64)
+    return order if len(order) == n else np.arange(n)
 
-    ``part=(start, stop)`` searches only those query rows (a torchrun rank's slice); scores are
-    similarities, higher is closer (negated squared distance under l2).
-    """
+
+def search_rows(index: faiss.Index, x: np.ndarray | Rows, k: int, batch: int, queries: np.ndarray,
+                progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` neighbours (self excluded) of the given rows of ``x``, in the order given: (scores, ids), each
+    len(queries) x k. Scores are similarities, higher is closer (negated squared distance under l2)."""
     rows = as_rows(x)
-    start, stop = part or (0, len(rows))
-    scores = np.empty((stop - start, k), np.float32)
-    ids = np.empty((stop - start, k), np.int64)
+    scores = np.empty((len(queries), k), np.float32)
+    ids = np.empty((len(queries), k), np.int64)
     l2 = index.metric_type == faiss.METRIC_L2
-    bar = tqdm(total=stop - start, desc="search", unit="query", disable=not progress, unit_scale=True)
-    for first, q in rows.chunks(batch, start, stop):
+    bar = tqdm(total=len(queries), desc="search", unit="query", disable=not progress, unit_scale=True)
+    for s in range(0, len(queries), batch):
+        want = queries[s:s + batch]
+        contiguous = len(want) and want[-1] - want[0] == len(want) - 1 and (np.diff(want) == 1).all()
+        q = rows.chunk(int(want[0]), int(want[-1]) + 1) if contiguous else rows.take(want)
         d, i = index.search(q, k + 1)
-        at = slice(first - start, first - start + len(q))
-        scores[at], ids[at] = without_self(-d if l2 else d, i, first, k)
-        bar.update(len(q))
+        scores[s:s + len(want)], ids[s:s + len(want)] = without_self(-d if l2 else d, i, want, k)
+        bar.update(len(want))
     bar.close()
+    return scores, ids
+
+
+def search(index: faiss.Index, x: np.ndarray | Rows, k: int, batch: int, progress: bool = True
+           ) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` neighbours of every row of ``x`` (self excluded): (scores, ids), each N x k in row order,
+    searched in ``query_order``."""
+    rows = as_rows(x)
+    order = query_order(index, len(rows))
+    scores, ids = search_rows(index, rows, k, batch, order, progress)
+    return scatter(len(rows), k, [(order, scores, ids)])
+
+
+def scatter(n: int, k: int, parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Results searched in some order, (query rows, scores, ids) per part, back into N x k arrays in row order."""
+    scores = np.empty((n, k), np.float32)
+    ids = np.empty((n, k), np.int64)
+    for rows, s, i in parts:
+        scores[rows], ids[rows] = s, i
     return scores, ids
 
 

@@ -1,7 +1,8 @@
 """Search split over torchrun ranks: rank 0 builds the index and writes it once, every rank reads it and
-searches its slice of the queries, rank 0 gathers the slices in order. Files in a run directory shared by
-the ranks (the embedding cache's filesystem) carry the index and the results, so nothing large goes
-through the process group; the group only agrees on the directory and waits at barriers."""
+searches its slice of the queries (in the index's query order), rank 0 puts the slices back in row order.
+Files in a run directory shared by the ranks (the embedding cache's filesystem) carry the index and the
+results, so nothing large goes through the process group; the group only agrees on the directory and
+waits at barriers."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import faiss
 import numpy as np
 import torch.distributed as dist
 
-from curation.index import IndexConfig, build_index, search
+from curation.index import IndexConfig, build_index, query_order, scatter, search_rows
 from curation.vectors import Rows
 from semipairs.atomic import atomic_write
 from semipairs.manifest import IndexInfo
@@ -41,21 +42,25 @@ def search_over_ranks(rows: Rows, cfg: IndexConfig, k: int, work_root: Path, pro
             faiss.write_index(cpu, faiss.PyCallbackIOWriter(f.write))
         info_box = [info.model_dump()]
     dist.broadcast_object_list(info_box, src=0)
-    if rank != 0:
-        index = faiss.read_index(str(work / "index.faiss"))
+    if rank != 0:  # IVF lists memory-mapped: the ranks of one machine share one copy in the page cache
+        flags = faiss.IO_FLAG_MMAP if info_box[0].get("nlist") else 0
+        index = faiss.read_index(str(work / "index.faiss"), flags)
         if info_box[0].get("nprobe"):
             faiss.extract_index_ivf(index).nprobe = info_box[0]["nprobe"]
-    part = slice_of(len(rows), rank, world)
-    scores, ids = search(index, rows, k, cfg.query_batch, progress and rank == 0, part=part)
+    order = query_order(index, len(rows))  # every rank derives the same order from the same index file
+    mine = order[slice(*slice_of(len(rows), rank, world))]
+    scores, ids = search_rows(index, rows, k, cfg.query_batch, mine, progress and rank == 0)
     with atomic_write(work / f"part-{rank}.npz") as f:
-        np.savez(f, scores=scores, ids=ids)
+        np.savez(f, rows=mine, scores=scores, ids=ids)
     dist.barrier()
     if rank != 0:
         dist.barrier()  # rank 0 removes the run directory after reading every part
         return None
-    got = [np.load(work / f"part-{r}.npz") for r in range(world)]
-    scores = np.concatenate([g["scores"] for g in got])
-    ids = np.concatenate([g["ids"] for g in got])
+    parts = []
+    for r in range(world):
+        with np.load(work / f"part-{r}.npz") as z:
+            parts.append((z["rows"], z["scores"], z["ids"]))
+    scores, ids = scatter(len(rows), k, parts)
     dist.barrier()
     shutil.rmtree(work, ignore_errors=True)
     return scores, ids, IndexInfo(**info_box[0])

@@ -42,7 +42,7 @@ def render_card(m: Manifest, license: str = "other", audit_summary: str | None =
         "|---|---|",
         f"| source | `{m.source.uri}` ({m.source.num_images} images, {len(m.source.skipped)} skipped) |",
         f"| encoder | `{enc.kind}`{' ' + enc.name if enc.name else ''}{' / ' + enc.pretrained if enc.pretrained else ''} |",
-        f"| index | `{m.index.factory}`, metric {m.index.metric} |",
+        f"| index | `{m.index.factory}`, metric {m.index.metric}{_recall(m)} |",
         f"| mining | {m.mining.strategy} |",
         f"| pairs | {s.num_pairs} ({s.num_anchors} anchors, coverage {s.coverage:.1%}) |",
     ]
@@ -64,3 +64,11 @@ def render_card(m: Manifest, license: str = "other", audit_summary: str | None =
         "",
     ]
     return DatasetCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines)).content
+
+
+def _recall(m: Manifest) -> str:
+    """The index's measured recall@k, when the manifest records it (optional fields of the v1 index block)."""
+    r, k, q = (getattr(m.index, f, None) for f in ("recall_at_k", "recall_k", "recall_queries"))
+    if r is None:
+        return ""
+    return f", recall@{k} {r:.3f}" + (f" on {q} sampled queries" if q else " (exact search)")

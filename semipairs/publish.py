@@ -9,7 +9,9 @@ import io
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ from semipairs.sources.base import WIDE_MODES, ImageSource, Skipped, check_image
 from semipairs.table import compute_stats, to_arrow, write_pairs
 from semipairs.verify import verify_version
 
+READ_THREADS = 2  # image reads + checks ahead of the writer; 2 keep a 2-core machine busy beside it
 _PIL_FORMAT = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP", "bmp": "BMP", "tiff": "TIFF", "gif": "GIF"}
 
 
@@ -190,9 +193,10 @@ def _write_shards(req: PublishRequest, root: Path, reader: _ImageReader, pairs: 
     bar: Callable = tqdm if req.progress else (lambda it, **_: it)
     writer = PairShardWriter(root, ext="", maxcount=req.shard_size) if req.layout == "embedded" else None
     pair_id = 0
+    read = _prefetched(lambda i: (reader.read(anchors[i]), reader.read(positives[i])), len(pairs))
     try:
         for i in bar(range(len(pairs)), desc=f"publish {req.name} {req.version}", unit="pair"):
-            a, p = reader.read(anchors[i]), reader.read(positives[i])
+            a, p = next(read)
             if a is None or p is None:
                 keep[i] = False
                 continue
@@ -213,9 +217,27 @@ def _write_shards(req: PublishRequest, root: Path, reader: _ImageReader, pairs: 
             writer.write(pair_id, images[0], images[1], sample_meta(meta))
             pair_id += 1
     finally:
+        read.close()
         if writer is not None:
             writer.close()
     return keep, reencoded, writer.files if writer is not None else []
+
+
+def _prefetched(fn: Callable[[int], Any], n: int, threads: int = READ_THREADS, ahead: int = 64) -> Iterator[Any]:
+    """``fn(0) .. fn(n-1)`` in order, computed up to ``ahead`` items early in ``threads`` threads: file reads and
+    image checks (PIL decodes without the GIL) overlap the shard writer, which stays in this thread."""
+    with ThreadPoolExecutor(threads) as pool:
+        window: deque[Future] = deque()
+        try:
+            for i in range(n):
+                window.append(pool.submit(fn, i))
+                if len(window) > ahead:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+        finally:
+            for f in window:
+                f.cancel()
 
 
 def _write_table(root: Path, final: pd.DataFrame, labels: list[int | None] | None, pos: dict[str, int]) -> FileEntry:

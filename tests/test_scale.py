@@ -15,7 +15,15 @@ import pytest
 from typer.testing import CliRunner
 
 import semipairs
-from curation.index import IndexConfig, build_index, choose_factory, exact_neighbours, measure_recall, search
+from curation.index import (
+    IndexConfig,
+    build_index,
+    choose_factory,
+    exact_neighbours,
+    measure_recall,
+    query_order,
+    search,
+)
 from curation.mine import MiningConfig
 from curation.pipeline import CurateConfig, curate
 from curation.ranks import slice_of
@@ -23,7 +31,7 @@ from curation.vectors import Rows, load_embeddings
 from semipairs.cli import app
 from semipairs.errors import SemipairsError, SourceError
 from semipairs.sources import open_source
-from semipairs.vectors import Parts
+from semipairs.vectors import Parts, without_self
 
 
 def clustered(n: int, d: int, classes: int = 12, noise: float = 0.9, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -254,3 +262,18 @@ def test_torchrun_two_ranks_search_their_slices_and_match_one_process(tmp_path: 
     assert one.manifest.index.factory == two.manifest.index.factory == "IVF30,Flat"
     assert two.manifest.index.nprobe == 4 and two.manifest.index.recall_at_k == one.manifest.index.recall_at_k
     assert not list((tmp_path / "s" / ".cache").glob("search-*"))  # the run's index and parts are removed
+
+
+def test_list_order_search_gives_the_row_order_results() -> None:
+    x, _ = clustered(3000, 16, classes=40)
+    rows = Rows(x)
+    index, _ = build_index(rows, IndexConfig(factory="IVF32,Flat", nprobe=3))
+    order = query_order(index, 3000)
+    assert sorted(order.tolist()) == list(range(3000)) and (order != np.arange(3000)).any()
+    scores, ids = search(index, rows, 5, 700, progress=False)
+    d, i = index.search(rows.chunk(0, 3000), 6)  # plain faiss, row order, self still in
+    s_ref, i_ref = without_self(d, i, 0, 5)
+    np.testing.assert_array_equal(ids, i_ref)
+    np.testing.assert_allclose(scores, s_ref, atol=1e-6)
+    flat, _ = build_index(rows, IndexConfig())
+    np.testing.assert_array_equal(query_order(flat, 3000), np.arange(3000))
