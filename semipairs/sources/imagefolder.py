@@ -20,7 +20,7 @@ class ImageFolderSource(ImageSource):
     """
 
     root: Path = field(default=Path("."))
-    _files: list[Path] = field(default_factory=list, init=False, repr=False)
+    _files: list[str] = field(default_factory=list, init=False, repr=False)  # str: 50k Paths cost a second
     _keys: list[str] = field(default_factory=list, init=False, repr=False)
     _labels: list[int | None] = field(default_factory=list, init=False, repr=False)
 
@@ -45,7 +45,8 @@ class ImageFolderSource(ImageSource):
         else:
             self.classes = None
             self._labels = [None] * len(rels)
-        self._files = [root / r for r in rels]
+        base = str(root).rstrip("/") + "/"
+        self._files = [base + r for r in rels]
         self._keys = keys
 
     def _scan(self, root: Path) -> list[str]:
@@ -73,14 +74,18 @@ class ImageFolderSource(ImageSource):
 
     def read(self, index: int) -> SourceItem:
         path = self._files[index]
-        return SourceItem(self._keys[index], path.read_bytes(), normalise_ext(path.suffix), self._labels[index])
+        with open(path, "rb") as f:
+            data = f.read()
+        return SourceItem(self._keys[index], data, normalise_ext(path.rsplit(".", 1)[1]), self._labels[index])
 
     def labels(self) -> list[int | None]:
         return list(self._labels)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(b"imagefolder\n")
+        lines = []
         for key, path in zip(self._keys, self._files):
             st = os.stat(path)
-            h.update(f"{key}\t{path.suffix}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+            lines.append(f"{key}\t.{path.rsplit('.', 1)[1]}\t{st.st_size}\t{st.st_mtime_ns}\n")
+        h.update("".join(lines).encode())
         return "sha256:" + h.hexdigest()
