@@ -204,18 +204,22 @@ def part_scale(args) -> dict:
         result = json.loads(out.rsplit("WALL", 1)[0])
         ix = result["index"]
         raw_rss, raw_t = run_child(RAW_SCALE.format(root=str(work / "emb"), factory=ix["factory"], k=args.k,
-                                                    nprobe=ix.get("nprobe") or 0, train=ix.get("train_size") or 0))
+                                                    nprobe=ix.get("nprobe") or 0, train=ix.get("train_size") or 0)) \
+            if n <= args.raw_max else (float("nan"), float("nan"))
         shutil.rmtree(work, ignore_errors=True)
+        raw = n <= args.raw_max
         row = {
             "n": n, "dim": args.dim, "k": args.k, "generate_seconds": round(gen_s, 1),
             "factory": ix["factory"], "nprobe": ix.get("nprobe"), "train_size": ix.get("train_size"),
             "index_bytes_per_vector": ix.get("bytes_per_vector"),
             "recall_at_10": ix.get("recall_at_k"), "recall_queries": ix.get("recall_queries"),
-            "seconds": {"raw_faiss": round(float(raw_t), 1), "semipairs_curate": round(wall, 1),
+            "seconds": {"raw_faiss": round(float(raw_t), 1) if raw else None, "semipairs_curate": round(wall, 1),
                         "semipairs_stages": result.get("seconds")},
-            "peak_rss_mb": {"raw_faiss": round(raw_rss), "semipairs_curate": round(sp_rss)},
-            "peak_rss_bytes_per_vector": {"raw_faiss": round(raw_rss * 2**20 / n), "semipairs_curate": round(sp_rss * 2**20 / n)},
-            "wall_time_ratio": round(wall / float(raw_t), 3), "peak_memory_ratio": round(sp_rss / raw_rss, 3),
+            "peak_rss_mb": {"raw_faiss": round(raw_rss) if raw else None, "semipairs_curate": round(sp_rss)},
+            "peak_rss_bytes_per_vector": {"raw_faiss": round(raw_rss * 2**20 / n) if raw else None,
+                                          "semipairs_curate": round(sp_rss * 2**20 / n)},
+            "wall_time_ratio": round(wall / float(raw_t), 3) if raw else None,
+            "peak_memory_ratio": round(sp_rss / raw_rss, 3) if raw else None,
             "pairs": result["stats"]["num_pairs"],
         }
         rows.append(row)
@@ -327,6 +331,8 @@ def main() -> None:
     ap.add_argument("--part", choices=["mining", "embed", "quality", "command", "scale"], required=True)
     ap.add_argument("--sizes", default="100000,1000000,4000000", help="scale: N values, comma-separated")
     ap.add_argument("--recall-queries", type=int, default=10_000, help="scale: queries for recall@10 vs exact")
+    ap.add_argument("--raw-max", type=int, default=10**9, help="scale: run raw faiss only up to this N (it takes as "
+                    "long as the command)")
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=None, help="vector dimension (mining: 512, scale: 256)")
     ap.add_argument("--k", type=int, default=10)

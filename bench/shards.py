@@ -81,8 +81,10 @@ def main() -> None:
         d.mkdir()
         with wds.ShardWriter(str(d / "pairs-%06d.tar"), maxcount=args.shard_size, verbose=0) as w:
             for i, (a, p) in enumerate(zip(pairs["anchor_key"], pairs["positive_key"])):
+                meta = sample_meta({"pair_id": i, "anchor_key": a, "positive_key": p, "score": 0.5, "rank": 1,
+                                    "mutual": False})  # the same sample JSON publish writes, made in the loop
                 w.write({"__key__": pair_key(i), "anchor.jpg": (folder / f"{a}.jpg").read_bytes(),
-                         "positive.jpg": (folder / f"{p}.jpg").read_bytes(), "json": metas[i]})
+                         "positive.jpg": (folder / f"{p}.jpg").read_bytes(), "json": meta})
 
     t = {
         "write_raw": best_of(write_raw, args.repeat),

@@ -48,6 +48,7 @@ from semipairs.table import compute_stats, to_arrow, write_pairs
 from semipairs.verify import verify_version
 
 READ_THREADS = 2  # image reads + checks ahead of the writer; 2 keep a 2-core machine busy beside it
+READ_CHUNK = 64
 _PIL_FORMAT = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP", "bmp": "BMP", "tiff": "TIFF", "gif": "GIF"}
 
 
@@ -131,7 +132,7 @@ def publish(req: PublishRequest) -> Path:
     tmp.mkdir()
     try:
         manifest = _write(req, tmp)
-        report = verify_version(tmp, manifest)
+        report = verify_version(tmp, manifest, samples=False)  # shards just streamed and hashed by the writer
         if not report.ok:
             raise StoreError(f"{target}: verification before publishing failed: {report.problems[0]}")
         try:
@@ -193,7 +194,12 @@ def _write_shards(req: PublishRequest, root: Path, reader: _ImageReader, pairs: 
     bar: Callable = tqdm if req.progress else (lambda it, **_: it)
     writer = PairShardWriter(root, ext="", maxcount=req.shard_size) if req.layout == "embedded" else None
     pair_id = 0
-    read = _prefetched(lambda i: (reader.read(anchors[i]), reader.read(positives[i])), len(pairs))
+    def read_chunk(c: int) -> list:  # one task per READ_CHUNK pairs: a future per pair costs more than a read
+        return [(reader.read(anchors[i]), reader.read(positives[i]))
+                for i in range(c * READ_CHUNK, min(len(pairs), (c + 1) * READ_CHUNK))]
+
+    chunks = _prefetched(read_chunk, -(-len(pairs) // READ_CHUNK))
+    read = (ap for chunk in chunks for ap in chunk)
     try:
         for i in bar(range(len(pairs)), desc=f"publish {req.name} {req.version}", unit="pair"):
             a, p = next(read)
@@ -217,13 +223,13 @@ def _write_shards(req: PublishRequest, root: Path, reader: _ImageReader, pairs: 
             writer.write(pair_id, images[0], images[1], sample_meta(meta))
             pair_id += 1
     finally:
-        read.close()
+        chunks.close()
         if writer is not None:
             writer.close()
     return keep, reencoded, writer.files if writer is not None else []
 
 
-def _prefetched(fn: Callable[[int], Any], n: int, threads: int = READ_THREADS, ahead: int = 64) -> Iterator[Any]:
+def _prefetched(fn: Callable[[int], Any], n: int, threads: int = READ_THREADS, ahead: int = 8) -> Iterator[Any]:
     """``fn(0) .. fn(n-1)`` in order, computed up to ``ahead`` items early in ``threads`` threads: file reads and
     image checks (PIL decodes without the GIL) overlap the shard writer, which stays in this thread."""
     with ThreadPoolExecutor(threads) as pool:
