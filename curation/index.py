@@ -150,19 +150,53 @@ def query_order(index: faiss.Index, n: int) -> np.ndarray:
     return order if len(order) == n else np.arange(n)
 
 
+def _list_vectors(index: faiss.Index, d: int):
+    """For an ``IVF,Flat`` index, a function giving the vectors at positions ``a:b`` of ``query_order`` straight
+    from the inverted lists (they hold the added float32 rows): queries in list order need no scattered reads
+    of the embedding files. None for other indexes."""
+    ivf = _ivf(index)
+    ivf = faiss.downcast_index(ivf) if ivf is not None else None
+    if not isinstance(ivf, faiss.IndexIVFFlat) or ivf.code_size != 4 * d:
+        return None
+    inv = ivf.invlists
+    sizes = np.array([inv.list_size(i) for i in range(ivf.nlist)], np.int64)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+
+    def fetch(a: int, b: int) -> np.ndarray:
+        out = []
+        for lst in range(int(np.searchsorted(starts, a, side="right")) - 1, ivf.nlist):
+            if starts[lst] >= b:
+                break
+            if not sizes[lst]:
+                continue
+            codes = faiss.rev_swig_ptr(inv.get_codes(lst), int(sizes[lst]) * ivf.code_size)
+            vecs = np.frombuffer(codes, dtype=np.float32).reshape(-1, d)
+            out.append(vecs[max(0, a - starts[lst]):b - starts[lst]])
+        return np.concatenate(out)  # a copy: faiss keeps its lists
+    return fetch
+
+
 def search_rows(index: faiss.Index, x: np.ndarray | Rows, k: int, batch: int, queries: np.ndarray,
-                progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                progress: bool = True, first: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` neighbours (self excluded) of the given rows of ``x``, in the order given: (scores, ids), each
-    len(queries) x k. Scores are similarities, higher is closer (negated squared distance under l2)."""
+    len(queries) x k. Scores are similarities, higher is closer (negated squared distance under l2).
+
+    ``first``: ``queries`` are ``query_order(index)[first:first + len(queries)]``, so an ``IVF,Flat`` index
+    hands out the query vectors itself."""
     rows = as_rows(x)
     scores = np.empty((len(queries), k), np.float32)
     ids = np.empty((len(queries), k), np.int64)
     l2 = index.metric_type == faiss.METRIC_L2
+    fetch = _list_vectors(index, rows.dim) if first is not None else None
     bar = tqdm(total=len(queries), desc="search", unit="query", disable=not progress, unit_scale=True)
     for s in range(0, len(queries), batch):
         want = queries[s:s + batch]
-        contiguous = len(want) and want[-1] - want[0] == len(want) - 1 and (np.diff(want) == 1).all()
-        q = rows.chunk(int(want[0]), int(want[-1]) + 1) if contiguous else rows.take(want)
+        if fetch is not None:
+            q = fetch(first + s, first + s + len(want))
+        elif len(want) and want[-1] - want[0] == len(want) - 1 and (np.diff(want) == 1).all():
+            q = rows.chunk(int(want[0]), int(want[-1]) + 1)
+        else:
+            q = rows.take(want)
         d, i = index.search(q, k + 1)
         scores[s:s + len(want)], ids[s:s + len(want)] = without_self(-d if l2 else d, i, want, k)
         bar.update(len(want))
@@ -176,7 +210,7 @@ def search(index: faiss.Index, x: np.ndarray | Rows, k: int, batch: int, progres
     searched in ``query_order``."""
     rows = as_rows(x)
     order = query_order(index, len(rows))
-    scores, ids = search_rows(index, rows, k, batch, order, progress)
+    scores, ids = search_rows(index, rows, k, batch, order, progress, first=0)
     return scatter(len(rows), k, [(order, scores, ids)])
 
 

@@ -48,8 +48,9 @@ def search_over_ranks(rows: Rows, cfg: IndexConfig, k: int, work_root: Path, pro
         if info_box[0].get("nprobe"):
             faiss.extract_index_ivf(index).nprobe = info_box[0]["nprobe"]
     order = query_order(index, len(rows))  # every rank derives the same order from the same index file
-    mine = order[slice(*slice_of(len(rows), rank, world))]
-    scores, ids = search_rows(index, rows, k, cfg.query_batch, mine, progress and rank == 0)
+    start, stop = slice_of(len(rows), rank, world)
+    mine = order[start:stop]
+    scores, ids = search_rows(index, rows, k, cfg.query_batch, mine, progress and rank == 0, first=start)
     with atomic_write(work / f"part-{rank}.npz") as f:
         np.savez(f, rows=mine, scores=scores, ids=ids)
     dist.barrier()

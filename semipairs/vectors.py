@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +56,12 @@ class Parts:
     def __len__(self) -> int:
         return self.shape[0]
 
-    def _part(self, i: int) -> np.ndarray:
-        return np.load(self.paths[i], mmap_mode="r", allow_pickle=False)
+    def _part(self, i: int, scattered: bool = False) -> np.ndarray:
+        a = np.load(self.paths[i], mmap_mode="r", allow_pickle=False)
+        mm = getattr(a, "_mmap", None)
+        if scattered and mm is not None and hasattr(mmap, "MADV_RANDOM"):
+            mm.madvise(mmap.MADV_RANDOM)  # no read-ahead: scattered rows would map (and count) most of the file
+        return a
 
     def __getitem__(self, idx) -> np.ndarray:
         if isinstance(idx, slice):
@@ -75,6 +80,8 @@ class Parts:
         part = np.searchsorted(self.offsets, idx, side="right") - 1
         out = np.empty((len(idx), self.shape[1]), self.dtype)
         for i in np.unique(part):
-            sel = part == i
-            out[sel] = self._part(int(i))[idx[sel] - self.offsets[i]]
+            at = np.flatnonzero(part == i)
+            local = idx[at] - self.offsets[i]
+            order = np.argsort(local, kind="stable")  # file order: each page is touched once, forwards
+            out[at[order]] = self._part(int(i), scattered=True)[local[order]]
         return out
