@@ -77,11 +77,10 @@ for s in range(0, len(x), 16384):
 print(time.perf_counter() - t)
 """
 
-SP_SCALE = """
-import json, sys, time
+CLI_TIMED = """
+import sys, time
 from semipairs.cli import main
-sys.argv = ["semipairs", "curate", "--source", "embeddings:{root}", "--store", {store!r}, "--name", "scale",
-            "--k", "{k}", "--recall-queries", "{recall}", "--json"]
+sys.argv = {argv!r}
 t = time.perf_counter()
 try:
     main()
@@ -91,14 +90,18 @@ print("WALL", time.perf_counter() - t)
 """
 
 
-def part_mining(args) -> dict:
-    rng = np.random.default_rng(0)
-    work = Path(tempfile.mkdtemp(prefix="sp-bench-mine-"))
-    centers = rng.normal(size=(1000, args.dim)).astype(np.float32)
-    x = centers[rng.integers(0, 1000, args.n)] + 0.5 * rng.normal(size=(args.n, args.dim)).astype(np.float32)
+def clustered_npy(path: Path, n: int, dim: int, seed: int = 0) -> None:
+    """n rows around 1,000 Gaussian centres, saved as float32 .npy (the mining and command parts' input)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(1000, dim)).astype(np.float32)
+    x = centers[rng.integers(0, 1000, n)] + 0.5 * rng.normal(size=(n, dim)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    np.save(work / "emb.npy", x)
-    del x, centers
+    np.save(path, x)
+
+
+def part_mining(args) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="sp-bench-mine-"))
+    clustered_npy(work / "emb.npy", args.n, args.dim)
     rows = []
     for _ in range(args.repeat):
         raw_rss, raw_t = run_child(RAW_MINING.format(path=str(work / "emb.npy"), k=args.k))
@@ -115,37 +118,20 @@ def part_mining(args) -> dict:
     }
 
 
-SP_COMMAND = """
-import sys, time
-from semipairs.cli import main
-sys.argv = ["semipairs", "curate", "--source", "imagefolder:{folder}", "--embeddings", {emb!r}, "--layout", "reference",
-            "--store", {store!r}, "--name", "cmd", "--k", "{k}", "--json"]
-t = time.perf_counter()
-try:
-    main()
-except SystemExit as e:
-    assert not e.code, e.code
-print("WALL", time.perf_counter() - t)
-"""
-
-
 def part_command(args) -> dict:
     import json
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="sp-bench-cmd-"))
     folder = extract_cifar("train", work)
     n = sum(1 for _ in folder.rglob("*.jpg"))
-    rng = np.random.default_rng(0)
-    centers = rng.normal(size=(1000, args.dim)).astype(np.float32)
-    x = centers[rng.integers(0, 1000, n)] + 0.5 * rng.normal(size=(n, args.dim)).astype(np.float32)
-    np.save(work / "emb.npy", x)
-    del x, centers
+    clustered_npy(work / "emb.npy", n, args.dim)
     rows = []
     for _ in range(args.repeat):
         shutil.rmtree(work / "store", ignore_errors=True)
         raw_rss, raw_t = run_child(RAW_MINING.format(path=str(work / "emb.npy"), k=args.k))
-        sp_rss, out = run_child(SP_COMMAND.format(folder=str(folder), emb=str(work / "emb.npy"), store=str(work / "store"),
-                                                  k=args.k))
+        sp_rss, out = run_child(CLI_TIMED.format(argv=[
+            "semipairs", "curate", "--source", f"imagefolder:{folder}", "--embeddings", str(work / "emb.npy"),
+            "--layout", "reference", "--store", str(work / "store"), "--name", "cmd", "--k", str(args.k), "--json"]))
         result = json.loads(out.rsplit("WALL", 1)[0])
         rows.append((float(raw_t), raw_rss, float(out.rsplit("WALL", 1)[1]), sp_rss, result["seconds"]))
     best = min(rows, key=lambda r: r[2])
@@ -198,8 +184,9 @@ def part_scale(args) -> dict:
         t = time.perf_counter()
         write_clip_layout(work / "emb", n, args.dim)
         gen_s = time.perf_counter() - t
-        sp_rss, out = run_child(SP_SCALE.format(root=str(work / "emb"), store=str(work / "store"), k=args.k,
-                                                recall=args.recall_queries))
+        sp_rss, out = run_child(CLI_TIMED.format(argv=[
+            "semipairs", "curate", "--source", f"embeddings:{work / 'emb'}", "--store", str(work / "store"), "--name",
+            "scale", "--k", str(args.k), "--recall-queries", str(args.recall_queries), "--json"]))
         wall = float(out.rsplit("WALL", 1)[1])
         result = json.loads(out.rsplit("WALL", 1)[0])
         ix = result["index"]
