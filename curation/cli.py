@@ -52,6 +52,10 @@ def curate_command(
     index_budget_gb: float | None = typer.Option(None, help="Memory the index may take (default a quarter of RAM)."),
     recall_queries: int | None = typer.Option(None, help="Queries sampled to measure recall@k against exact search "
                                               "(default 1000; recorded in the manifest's index block)."),
+    key_column: str | None = typer.Option(None, help="embeddings:DIR: the metadata column holding keys "
+                                          "(default image_path; same as #key=COLUMN)."),
+    label_column: str | None = typer.Option(None, help="embeddings:DIR: a metadata column holding labels "
+                                            "(same as #label=COLUMN)."),
     seed: int | None = typer.Option(None, help="Seed (IVF training sample, recall sample)."),
     config: Path | None = typer.Option(None, help="YAML config; flags override its keys."),
     as_json: bool = typer.Option(False, "--json", help="Print the published path and stats as JSON."),
@@ -65,7 +69,7 @@ def curate_command(
                      duplicate_threshold=duplicate_threshold, csls=csls, metric=metric, layout=layout, embeddings=embeddings,
                      image_size=image_size, batch_size=batch_size, num_workers=num_workers, dtype=dtype, precision=precision,
                      index=index, nprobe=nprobe, exact_max=exact_max, index_budget_gb=index_budget_gb,
-                     recall_queries=recall_queries, seed=seed)
+                     recall_queries=recall_queries, key_column=key_column, label_column=label_column, seed=seed)
     cfg = CurateConfig.from_sources(config, overrides)
     result = curate(cfg, progress=not as_json)
     if result.path is None:  # a non-zero torchrun rank

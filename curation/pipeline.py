@@ -2,7 +2,7 @@
 
 All inputs are checked before anything is published. Under torchrun every rank embeds its slice into
 the shared cache; rank 0 builds the index and writes it once, every rank searches its slice of the
-queries (``curation.ranks``), rank 0 mines and publishes. Embeddings given as files stay memory-mapped.
+queries (``curation.ranks``), rank 0 mines and publishes. Embeddings given as files stay on disk, read in chunks.
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ class CurateConfig(BaseModel):
     index_budget_gb: float | None = Field(None, gt=0, description="memory the index may take (default a quarter of "
                                           "RAM): IVF,Flat while float32 vectors fit, IVF,PQ above")
     recall_queries: int = Field(1000, ge=0, description="queries sampled to measure recall@k against exact search")
+    key_column: str | None = Field(None, description="embeddings:DIR: metadata column holding the keys (image_path)")
+    label_column: str | None = Field(None, description="embeddings:DIR: metadata column holding labels")
     shard_size: int = 5000
     audit: bool = Field(True, description="write audit/ (metrics, plots, report.html) into the version")
     mining: MiningConfig = Field(default_factory=MiningConfig)
@@ -162,6 +164,10 @@ def _audit_hook(source: ImageSource):
 def curate(cfg: CurateConfig, progress: bool = True) -> CurateResult:
     """Embed (or load) -> index -> mine -> publish one immutable version; under torchrun rank 0 publishes."""
     new_version_dir(cfg.store, cfg.name, cfg.version)
+    if cfg.key_column or cfg.label_column:
+        from semipairs.sources.embeddings import with_columns
+
+        cfg = cfg.model_copy(update={"source": with_columns(cfg.source, cfg.key_column, cfg.label_column)})
     source = open_source(cfg.source)
     n = len(source)
     if n == 0:

@@ -2,8 +2,9 @@
 view the index and the search read through.
 
 Kept free of torch so mining from precomputed embeddings stays light. Nothing here copies a whole matrix:
-files are memory-mapped (float16 or float32), checks run in row blocks, and ``Rows`` hands out normalised
-float32 chunks, so peak memory follows the faiss index, not N x d in float32.
+files stay on disk and are read on demand (``semipairs.vectors.Parts``, float16 or float32), checks run in
+row blocks, and ``Rows`` hands out normalised float32 chunks, so peak memory follows the faiss index, not
+N x d in float32.
 """
 
 from __future__ import annotations
@@ -96,8 +97,8 @@ class Rows:
     """The usable rows of an embedding matrix as the index sees them: row ``i`` here is row ``keep[i]`` of
     ``data`` (all rows when ``keep`` is None), handed out as L2-normalised float32 chunks.
 
-    ``data`` may be a read-only memory map in float16 or float32 and is never copied whole: the index
-    adds and the search queries chunk by chunk."""
+    ``data`` is an array or ``Parts`` (.npy files read on demand), float16 or float32, never copied whole:
+    the index adds and the search queries chunk by chunk."""
 
     data: np.ndarray
     keep: np.ndarray | None = None
@@ -110,7 +111,7 @@ class Rows:
         return int(self.data.shape[1])
 
     def take(self, idx: np.ndarray) -> np.ndarray:
-        """Rows ``idx`` (sorted positions here) as a normalised float32 array."""
+        """Rows ``idx`` (positions here, any order) as a normalised float32 array."""
         src = idx if self.keep is None else self.keep[idx]
         return normalise_rows_(np.asarray(self.data[src], dtype=np.float32))  # fancy indexing copies
 

@@ -100,7 +100,8 @@ def _reencode(data: bytes, ext: str) -> bytes:
 
 
 class _ImageReader:
-    """Reads each source image at most once for its check; remembers the bad ones."""
+    """Reads each source image at most once for its check; remembers the bad ones. Called from the
+    prefetch threads: its set and dict only ever gain entries, and a key checked twice in a race is harmless."""
 
     def __init__(self, source: ImageSource, check: bool, known_bad: list[Skipped]) -> None:
         self.source, self.check = source, check
@@ -194,6 +195,7 @@ def _write_shards(req: PublishRequest, root: Path, reader: _ImageReader, pairs: 
     bar: Callable = tqdm if req.progress else (lambda it, **_: it)
     writer = PairShardWriter(root, ext="", maxcount=req.shard_size) if req.layout == "embedded" else None
     pair_id = 0
+
     def read_chunk(c: int) -> list:  # one task per READ_CHUNK pairs: a future per pair costs more than a read
         return [(reader.read(anchors[i]), reader.read(positives[i]))
                 for i in range(c * READ_CHUNK, min(len(pairs), (c + 1) * READ_CHUNK))]

@@ -277,3 +277,20 @@ def test_list_order_search_gives_the_row_order_results() -> None:
     np.testing.assert_allclose(scores, s_ref, atol=1e-6)
     flat, _ = build_index(rows, IndexConfig())
     np.testing.assert_array_equal(query_order(flat, 3000), np.arange(3000))
+
+
+def test_column_flags_name_keys_and_labels(tmp_path: Path) -> None:
+    clip_layout(tmp_path / "emb", [300])
+    meta = pd.read_parquet(tmp_path / "emb" / "metadata" / "metadata_0.parquet")
+    meta["url"] = [f"https://x/{i}" for i in range(300)]
+    meta.to_parquet(tmp_path / "emb" / "metadata" / "metadata_0.parquet")
+    r = CliRunner().invoke(app, ["curate", "--source", f"embeddings:{tmp_path / 'emb'}", "--key-column", "url",
+                                 "--label-column", "label", "--store", str(tmp_path / "s"), "--name", "f", "--k", "3",
+                                 "--json"])
+    assert r.exit_code == 0, r.output
+    ds = semipairs.load(json.loads(r.stdout)["path"])
+    assert ds.manifest.source.uri == f"embeddings:{tmp_path / 'emb'}#key=url,label=label"
+    assert ds.table["anchor_key"].str.startswith("https://x/").all() and ds.manifest.stats.label_precision > 0.9
+    r = CliRunner().invoke(app, ["curate", "--source", "digits", "--key-column", "url", "--store", str(tmp_path / "s"),
+                                 "--name", "g"])
+    assert r.exit_code == 2 and "name metadata columns of embeddings:DIR" in r.output

@@ -147,3 +147,17 @@ def parse_embeddings_spec(spec: str, arg: str) -> dict:
     path, _, opts = arg.partition("#")
     o = spec_options(spec, opts, ("key", "label"))
     return {"root": Path(path).expanduser(), "key_column": o.get("key", "image_path"), "label_column": o.get("label")}
+
+
+def with_columns(spec: str, key: str | None, label: str | None) -> str:
+    """``spec`` with its ``#key=`` / ``#label=`` options set from flags (flags win); a SourceError when columns
+    are named for a source other than ``embeddings:``."""
+    if key is None and label is None:
+        return spec
+    kind, _, arg = spec.partition(":")
+    if kind != "embeddings":
+        raise SourceError(f"--key-column / --label-column name metadata columns of embeddings:DIR, not of {spec!r}")
+    path, _, opts = arg.partition("#")
+    o = spec_options(spec, opts, ("key", "label"))
+    o.update({k: v for k, v in (("key", key), ("label", label)) if v})
+    return f"embeddings:{path}#" + ",".join(f"{k}={v}" for k, v in o.items())
