@@ -94,7 +94,7 @@ def build_index(x: np.ndarray | Rows, cfg: IndexConfig, progress: bool = False) 
             index.train(rows.take(sample))
         except RuntimeError as exc:
             raise IndexBuildError(f"index {factory!r} cannot train on {len(sample)} vectors: "
-                              f"{str(exc).strip().splitlines()[-1]}") from None
+                                  f"{str(exc).strip().splitlines()[-1]}") from None
         extra["train_size"] = len(sample)
     if _ivf(index) is not None:
         extra["nlist"] = _ivf(index).nlist
