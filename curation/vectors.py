@@ -16,7 +16,7 @@ import numpy as np
 
 from semipairs.errors import SemipairsError
 from semipairs.sources.base import ImageSource, Skipped
-from semipairs.vectors import BLOCK, Parts, normalise_rows_
+from semipairs.vectors import BLOCK, Parts, normalise_rows_, open_npy
 
 
 class EmbeddingError(SemipairsError):
@@ -32,26 +32,11 @@ class Embeddings:
     skipped: list[Skipped] = field(default_factory=list)
 
 
-def open_npy(path: Path) -> np.ndarray:
-    """A 2-D float ``.npy`` memory-mapped (read-only); a clear error naming the file otherwise."""
-    if not path.is_file():
-        raise EmbeddingError(f"{path}: embeddings file not found")
-    try:
-        x = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
-        raise EmbeddingError(f"{path}: not a plain .npy array: {exc}") from None
-    if x.ndim != 2:
-        raise EmbeddingError(f"{path}: expected a 2-D array (rows x dim), got shape {x.shape}")
-    if x.dtype.kind != "f":
-        raise EmbeddingError(f"{path}: expected float16/float32 rows, got dtype {x.dtype}")
-    return x
-
-
 def load_embeddings(path: str | Path, source: ImageSource) -> Embeddings:
     """Bring-your-own embeddings (``.npy``, rows in source order), memory-mapped as stored (float16 stays
     float16 on disk); ``Rows`` normalises each chunk as the index reads it."""
     path = Path(path)
-    x = open_npy(path)
+    x = open_npy(path, EmbeddingError)
     if x.shape[0] != len(source):
         raise EmbeddingError(f"{path}: {x.shape[0]} rows but source {source.spec} has {len(source)} images")
     keys_file = path.with_suffix(".keys.txt")  # written beside refined embeddings: rows must match source keys

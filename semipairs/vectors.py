@@ -37,6 +37,19 @@ def without_self(scores: np.ndarray, ids: np.ndarray, first: int | np.ndarray, k
     return scores[keep].reshape(-1, k), ids[keep].reshape(-1, k)
 
 
+def open_npy(path: Path, error: type[Exception] = ValueError, where: str = "") -> np.ndarray:
+    """A 2-D float16/float32 ``.npy`` memory-mapped read-only; else ``error`` naming the file (after ``where``)."""
+    if not Path(path).is_file():
+        raise error(f"{where}{path}: embeddings file not found")
+    try:
+        x = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise error(f"{where}{path} is not a plain .npy array: {exc}") from None
+    if x.ndim != 2 or x.dtype.kind != "f":
+        raise error(f"{where}{path} must be a 2-D float array (rows x dim), got {x.dtype} {x.shape}")
+    return x
+
+
 class Parts:
     """One or more 2-D ``.npy`` files (float16/float32) seen as one N x d array, read on demand.
 

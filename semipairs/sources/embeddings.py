@@ -17,7 +17,7 @@ import numpy as np
 
 from semipairs.errors import SourceError
 from semipairs.sources.base import ImageSource, SourceItem, spec_options
-from semipairs.vectors import Parts
+from semipairs.vectors import Parts, open_npy
 
 _PART = re.compile(r"^(?:img_emb|metadata)_(\d+)\.(?:npy|parquet)$")
 
@@ -45,7 +45,7 @@ class EmbeddingsSource(ImageSource):
             raise SourceError(f"{self.spec}: {missing} is missing (every img_emb_N.npy needs metadata_N.parquet)")
         arrays, keys, labels = [], [], []
         for n in sorted(emb):
-            arrays.append(self._open_npy(emb[n]))
+            arrays.append(open_npy(emb[n], SourceError, f"{self.spec}: "))
             table = self._read_meta(pq, meta[n])
             if table.num_rows != len(arrays[-1]):
                 raise SourceError(f"{self.spec}: {meta[n]} has {table.num_rows} rows but {emb[n].name} has "
@@ -70,15 +70,6 @@ class EmbeddingsSource(ImageSource):
         if not found:
             raise SourceError(f"{self.spec}: no {stem}_N{ext} file in {folder}")
         return found
-
-    def _open_npy(self, path: Path) -> np.ndarray:
-        try:
-            x = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise SourceError(f"{self.spec}: {path} is not a plain .npy array: {exc}") from None
-        if x.ndim != 2 or x.dtype.kind != "f":
-            raise SourceError(f"{self.spec}: {path} must be a 2-D float array (rows x dim), got {x.dtype} {x.shape}")
-        return x
 
     def _read_meta(self, pq, path: Path):
         cols = [self.key_column] + ([self.label_column] if self.label_column else [])
