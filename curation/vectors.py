@@ -16,7 +16,7 @@ import numpy as np
 
 from semipairs.errors import SemipairsError
 from semipairs.sources.base import ImageSource, Skipped
-from semipairs.vectors import BLOCK, Parts, normalise_rows_, open_npy
+from semipairs.vectors import BLOCK, Parts, normalise_rows_
 
 
 class EmbeddingError(SemipairsError):
@@ -33,12 +33,12 @@ class Embeddings:
 
 
 def load_embeddings(path: str | Path, source: ImageSource) -> Embeddings:
-    """Bring-your-own embeddings (``.npy``, rows in source order), memory-mapped as stored (float16 stays
+    """Bring-your-own embeddings (``.npy``, rows in source order), read on demand as stored (float16 stays
     float16 on disk); ``Rows`` normalises each chunk as the index reads it."""
     path = Path(path)
-    x = open_npy(path, EmbeddingError)
-    if x.shape[0] != len(source):
-        raise EmbeddingError(f"{path}: {x.shape[0]} rows but source {source.spec} has {len(source)} images")
+    x = Parts([path], EmbeddingError)  # the file checked once, then read on demand
+    if len(x) != len(source):
+        raise EmbeddingError(f"{path}: {len(x)} rows but source {source.spec} has {len(source)} images")
     keys_file = path.with_suffix(".keys.txt")  # written beside refined embeddings: rows must match source keys
     if keys_file.is_file():
         saved = keys_file.read_text(encoding="utf-8").splitlines()
@@ -47,7 +47,7 @@ def load_embeddings(path: str | Path, source: ImageSource) -> Embeddings:
             where = f"row {mismatch}: {saved[mismatch]!r} vs {source.keys()[mismatch]!r}" if mismatch is not None else \
                 f"{len(saved)} keys vs {len(source)} images"
             raise EmbeddingError(f"{keys_file}: rows are not in the order of source {source.spec} ({where})")
-    return Embeddings(Parts([path]), np.ones(len(x), bool))
+    return Embeddings(x, np.ones(len(x), bool))
 
 
 def drop_degenerate(emb: Embeddings, keys: list[str]) -> int:

@@ -57,9 +57,12 @@ class Parts:
     pages of a matrix larger than RAM never pile up in this process's resident memory as a long-lived memory
     map's would: peak memory follows the chunk being read."""
 
-    def __init__(self, paths: list[Path]) -> None:
+    def __init__(self, paths: list[Path], error: type[Exception] = ValueError, where: str = "") -> None:
+        """Each file is checked once here (``open_npy``: ``error`` names the bad one); parts must share d."""
         self.paths = [Path(p) for p in paths]
-        heads = [np.load(p, mmap_mode="r", allow_pickle=False) for p in self.paths]
+        heads = [open_npy(p, error, where) for p in self.paths]
+        if len({h.shape[1] for h in heads}) > 1:
+            raise error(f"{where}parts differ in dimension {sorted({h.shape[1] for h in heads})}")
         self.offsets = np.cumsum([0] + [len(h) for h in heads])
         self.shape = (int(self.offsets[-1]), int(heads[0].shape[1]))
         self.dtype = np.result_type(*(h.dtype for h in heads))

@@ -3,7 +3,7 @@
 ``DIR/img_emb/img_emb_N.npy`` (rows x dim, float16 or float32) beside ``DIR/metadata/metadata_N.parquet``
 (the same rows, in order). Keys come from a metadata column (``image_path`` by default), labels from a
 named column. The source holds no image bytes: curation publishes reference-layout pairs from it, resolved
-later against the user's own copy of the images by key. The vectors stay memory-mapped (``Parts``).
+later against the user's own copy of the images by key. The vectors stay on disk, read on demand (``Parts``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 
 from semipairs.errors import SourceError
 from semipairs.sources.base import ImageSource, SourceItem, spec_options
-from semipairs.vectors import Parts, open_npy
+from semipairs.vectors import Parts
 
 _PART = re.compile(r"^(?:img_emb|metadata)_(\d+)\.(?:npy|parquet)$")
 
@@ -43,25 +43,24 @@ class EmbeddingsSource(ImageSource):
             n = min(set(emb) ^ set(meta))
             missing = root / "metadata" / f"metadata_{n}.parquet" if n in emb else root / "img_emb" / f"img_emb_{n}.npy"
             raise SourceError(f"{self.spec}: {missing} is missing (every img_emb_N.npy needs metadata_N.parquet)")
-        arrays, keys, labels = [], [], []
-        for n in sorted(emb):
-            arrays.append(open_npy(emb[n], SourceError, f"{self.spec}: "))
+        vectors = Parts([emb[n] for n in sorted(emb)], SourceError, f"{self.spec}: ")  # checks each .npy once
+        keys, labels = [], []
+        for i, n in enumerate(sorted(emb)):
             table = self._read_meta(pq, meta[n])
-            if table.num_rows != len(arrays[-1]):
+            rows = int(vectors.offsets[i + 1] - vectors.offsets[i])
+            if table.num_rows != rows:
                 raise SourceError(f"{self.spec}: {meta[n]} has {table.num_rows} rows but {emb[n].name} has "
-                                  f"{len(arrays[-1])}; rows must align")
+                                  f"{rows}; rows must align")
             keys += [str(k) for k in table.column(self.key_column).to_pylist()]
             if self.label_column:
                 labels += table.column(self.label_column).to_pylist()
-        if len({a.shape[1] for a in arrays}) > 1:
-            raise SourceError(f"{self.spec}: parts differ in dimension {sorted({a.shape[1] for a in arrays})}")
         if len(set(keys)) != len(keys):
             dup = next(k for k, c in zip(*np.unique(np.asarray(keys, dtype=object), return_counts=True)) if c > 1)
             raise SourceError(f"{self.spec}: key {dup!r} (column {self.key_column!r}) names more than one row; keys "
                               "must be unique (name another column with #key=COLUMN)")
         self._keys, self._files = keys, [emb[n] for n in sorted(emb)] + [meta[n] for n in sorted(meta)]
         self._set_labels(labels)
-        self.vectors = Parts([emb[n] for n in sorted(emb)])
+        self.vectors = vectors
 
     def _parts(self, folder: Path, stem: str, ext: str) -> dict[int, Path]:
         if not folder.is_dir():
