@@ -16,7 +16,7 @@ import numpy as np
 
 from semipairs.errors import SemipairsError
 from semipairs.sources.base import ImageSource, Skipped
-from semipairs.vectors import BLOCK, Parts, normalise_rows_
+from semipairs.vectors import BLOCK, Parts, degenerate_rows, normalise_rows_
 
 
 class EmbeddingError(SemipairsError):
@@ -58,13 +58,12 @@ def drop_degenerate(emb: Embeddings, keys: list[str]) -> int:
     for start in range(0, len(x), BLOCK):
         block = x[start:start + BLOCK]
         ok = emb.ok[start:start + BLOCK]
-        finite = np.isfinite(block).all(axis=1)
-        zero = finite & ~block.any(axis=1)
-        for i in np.flatnonzero(ok & ~finite):
+        nonfinite, zero = degenerate_rows(block)
+        for i in np.flatnonzero(ok & nonfinite):
             emb.skipped.append(Skipped(keys[start + i], "embedding holds NaN or inf"))
         for i in np.flatnonzero(ok & zero):
             emb.skipped.append(Skipped(keys[start + i], "embedding is all zeros (a constant image?): no direction"))
-        bad = ok & (~finite | zero)
+        bad = ok & (nonfinite | zero)
         ok[bad] = False
         dropped += int(bad.sum())
     if len(x) and not emb.ok.any():

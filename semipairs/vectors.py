@@ -24,6 +24,12 @@ def normalise_rows_(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def degenerate_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(holds NaN or inf, all zeros) per row: the two kinds of row with no direction to search by."""
+    finite = np.isfinite(x).all(axis=1)
+    return ~finite, finite & ~x.any(axis=1)
+
+
 def without_self(scores: np.ndarray, ids: np.ndarray, first: int | np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Drop each query from its own k+1 search results (queries are rows ``first``, ``first + 1``, ... of
     the base, or the rows an array ``first`` lists). The one rule for "search excluding self": the query's

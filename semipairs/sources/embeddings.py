@@ -17,7 +17,7 @@ import numpy as np
 
 from semipairs.errors import SourceError
 from semipairs.sources.base import ImageSource, SourceItem, spec_options
-from semipairs.vectors import Parts
+from semipairs.vectors import Parts, degenerate_rows
 
 _PART = re.compile(r"^(?:img_emb|metadata)_(\d+)\.(?:npy|parquet)$")
 
@@ -107,10 +107,11 @@ class EmbeddingsSource(ImageSource):
             first, stop = int(self.vectors.offsets[part]), int(self.vectors.offsets[part + 1])
             for start in range(0, stop - first, block):
                 x = self.vectors[first + start:min(stop, first + start + block)]
-                bad = ~np.isfinite(x).all(axis=1) | ~x.any(axis=1)
+                nonfinite, zero = degenerate_rows(x)
+                bad = nonfinite | zero
                 if bad.any():
                     i = start + int(np.argmax(bad))
-                    what = "NaN or inf" if not np.isfinite(x[i - start]).all() else "all zeros"
+                    what = "NaN or inf" if nonfinite[i - start] else "all zeros"
                     raise SourceError(f"{self.spec}: {path} row {i} is {what} ({int(bad.sum())} such rows in this "
                                       "block); fix the embedding job or drop the rows")
 
