@@ -27,10 +27,15 @@ def best_of(fn: Callable[[], object], repeat: int = 3) -> float:
 
 
 def machine() -> dict:
+    """Where a figure came from; ``cpu_flags`` says which CPU kind (AVX2 only, or native bf16: never compare across)."""
     import torch
 
+    from semipairs.precision import cpu_flags
+
+    flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
     return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+            "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "cpu_flags": flags, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def cifar_tar_images(split: str = "test", limit: int | None = None) -> list[tuple[str, int, bytes]]:

@@ -22,7 +22,7 @@ from curation.vectors import EmbeddingError, Embeddings
 from semipairs.atomic import atomic_write, write_text
 from semipairs.decoded import DecodedImages, decode_source
 from semipairs.dist import rank_world
-from semipairs.precision import Precision, resolve_precision
+from semipairs.precision import Precision, select_for_inference
 from semipairs.sources.base import ImageSource, Skipped
 
 
@@ -98,13 +98,14 @@ def embed_source(
     if dtype not in ("float32", "float16"):
         raise EmbeddingError(f"dtype must be float32 or float16, not {dtype!r}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    prec = resolve_precision(precision, device)
+    prec = select_for_inference(precision, device, encoder.model, encoder.info.image_size or 224,
+                                key=f"embed:{encoder.fingerprint}")
     decoded = None
     if encoder.decoded_size is not None:
         decoded = decode_source(source, encoder.decoded_size, budget_bytes=decode_budget, workers=max(1, num_workers),
                                 progress=progress)
     n = len(source)
-    variant = f"{prec.name}|{'decoded' if decoded is not None else 'streamed'}"
+    variant = f"{prec.name if not prec.channels_last else prec.label}|{'decoded' if decoded is not None else 'streamed'}"
     cache = Path(cache_root) / cache_key(source, encoder, chunk_size, dtype, variant)
     cache.mkdir(parents=True, exist_ok=True)
     write_text(cache / "info.json", json.dumps({"source": source.spec, "encoder": encoder.info.model_dump(),

@@ -62,7 +62,7 @@ def run_quickstart(out: Path, source: str = "digits", steps: int = 150, batch_si
         cfg = TrainConfig(method="moco", data=source, out=run, pairs=pairs, epochs=10_000, max_steps=steps,
                           batch_size=batch_size, image_size=image_size, queue_size=1024, num_workers=num_workers,
                           seed=0, resume=False)
-        train(cfg, progress=progress)
+        train(cfg, progress=progress, log=log)
         return run / "checkpoint.pt"
 
     open_source(source)  # a bad source fails here, before any stage starts

@@ -29,3 +29,7 @@ class PairsError(SemipairsError):
 
 class ShardReadError(SemipairsError):
     """A shard cannot be read (truncated, corrupt, missing); the message names the shard."""
+
+
+class DivergedError(SemipairsError):
+    """Training produced a non-finite loss, gradient or weight: the run stops, its last good checkpoint stays."""

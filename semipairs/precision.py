@@ -1,72 +1,304 @@
-"""Numeric precision, chosen once per command: ``auto`` is bf16 autocast + channels_last where the hardware
-computes bf16 natively (a CUDA GPU, or a CPU with avx512_bf16 / AMX), fp32 elsewhere.
+"""Numeric precision, chosen once per command, and only where it is shown to compute the same thing.
 
-On a CPU without native bf16, autocast emulates it and runs slower than fp32, so ``auto`` reads the CPU's
-feature flags instead of guessing. Losses always run in fp32 (see ``full_precision``).
+``auto`` considers bf16 autocast only where the hardware computes bf16 natively (a CUDA GPU, or a CPU
+with avx512_bf16 / AMX): on other CPUs autocast emulates bf16 and runs 1.5-25x slower than fp32 (AVX2,
+ResNet-18 MoCo step). Where bf16 is a candidate, ``select_precision`` runs one step of the *actual* model
+at the actual input size in fp32 and in each bf16 configuration (with channels_last, then without),
+keeps the configurations whose result agrees with fp32 (``agreement``) and, for ``auto``, the fastest of
+them; the decision is cached per (model, input, torch version, CPU flags). Two reasons it must check:
+
+- oneDNN's CPU convolutions have produced garbage weight gradients (|grad| up to 1e32, intermittently)
+  under bf16 + channels_last where a feature map is 1x1 (torch 2.14.1, Sapphire Rapids): a 1x1 map is
+  both contiguous and channels_last, so the backend can describe a buffer with the wrong layout (the
+  same class as pytorch#95693 and the XPU fix of pytorch#190773). channels_last is never used where a
+  convolution sees or produces a 1x1 map, whatever the check says.
+- a check of one step is a sample: ``require_finite`` guards every step that follows.
+
+Losses always run in fp32 (``full_precision``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import hashlib
+import json
+import math
+import os
 import sys
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 PRECISIONS = ("auto", "fp32", "bf16")
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# bf16 must beat fp32 by this much for ``auto`` to take it: fp32 is the reference, timing on a shared
+# 2-core machine swings by ~10%, and a tie is not worth 8 mantissa bits.
+_SPEEDUP_MARGIN = 1.15
 
 
-def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """True when the CPU advertises avx512_bf16 or amx_bf16 (Linux /proc/cpuinfo; False where unreadable)."""
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty where unreadable)."""
     if not sys.platform.startswith("linux"):
-        return False
+        return set()
     try:
         text = Path(cpuinfo).read_text(errors="replace")
     except OSError:
-        return False
+        return set()
     for line in text.splitlines():
         if line.startswith("flags"):
-            flags = set(line.partition(":")[2].split())
-            return any(f in flags for f in _BF16_FLAGS)
-    return False
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """True when the CPU advertises avx512_bf16 or amx_bf16."""
+    return any(f in cpu_flags(cpuinfo) for f in _BF16_FLAGS)
 
 
 @dataclass(frozen=True)
 class Precision:
-    """What a command runs in: ``dtype`` None means fp32 (autocast off)."""
+    """What a command runs in: ``name`` fp32 (autocast off) or bf16 (autocast), with or without channels_last;
+    ``reason`` says why it was chosen when a check decided."""
 
     name: str
     device_type: str
+    channels_last: bool = False
+    reason: str = ""
 
     @property
     def bf16(self) -> bool:
         return self.name == "bf16"
+
+    @property
+    def label(self) -> str:
+        return self.name + ("+channels_last" if self.channels_last else "")
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if not self.bf16:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=torch.bfloat16)
 
-    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        return model.to(memory_format=torch.channels_last) if self.bf16 else model
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.bf16 and x.dim() == 4 else x
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
 
-def resolve_precision(name: str, device: str) -> Precision:
-    """``auto`` -> bf16 on CUDA or a CPU with native bf16, fp32 elsewhere; ``bf16``/``fp32`` as asked."""
+def _native_bf16(device_type: str) -> bool:
+    return device_type == "cuda" or (device_type == "cpu" and cpu_has_native_bf16())
+
+
+def candidates(name: str, device: str) -> list[Precision]:
+    """Configurations to try, preferred first; fp32 (the reference) is always last."""
     if name not in PRECISIONS:
         raise ValueError(f"precision {name!r}: use one of {', '.join(PRECISIONS)}")
     device_type = torch.device(device).type
-    if name == "auto":
-        native = device_type == "cuda" or (device_type == "cpu" and cpu_has_native_bf16())
-        name = "bf16" if native else "fp32"
-    return Precision(name, device_type)
+    fp32 = Precision("fp32", device_type)
+    if name == "fp32" or (name == "auto" and not _native_bf16(device_type)):
+        return [fp32]
+    return [Precision("bf16", device_type, True), Precision("bf16", device_type, False), fp32]
+
+
+def resolve_precision(name: str, device: str) -> Precision:
+    """The first candidate, unchecked: for callers with no model to check (prefer ``select_precision``)."""
+    return candidates(name, device)[0]
 
 
 def full_precision(device_type: str) -> contextlib.AbstractContextManager:
     """Autocast switched off: losses and similarity matrices run in fp32 inside a bf16 forward."""
     return torch.autocast(device_type, enabled=False)
+
+
+# Tolerances of ``agreement``. Healthy bf16 vs fp32 at initialisation (ResNet-18, batch 8, 16 and 32 px, both
+# stems, MoCo-v2 / SimCLR / SimSiam, 4 seeds each, AVX2 emulation): weight tensors (convolutions, linear
+# layers) cosine 0.64-0.94 to fp32 (SimSiam lowest: its loss is nearly flat at init, so rounding noise is a
+# large share of the gradient), every tensor's norm 0.79-1.33x fp32's, all together cosine >= 0.67. 1-D
+# tensors (BatchNorm, biases) are sums of nearly cancelling terms: their direction is noise (cosine down to
+# 0.25), so only their norm is held. A wrong kernel gives non-finite values, a norm off by orders of
+# magnitude (|grad| 1e32 was seen), or a weight gradient unrelated to fp32's (cosine ~0): these bounds sit
+# about halfway between.
+MIN_WEIGHT_COSINE = 0.3
+NORM_RATIO = (1 / 3, 3.0)
+MIN_TOTAL_COSINE = 0.3
+
+
+def agreement(reference: Sequence[torch.Tensor], other: Sequence[torch.Tensor],
+              names: Sequence[str] | None = None) -> str | None:
+    """None when ``other`` computes the same thing as ``reference`` within bf16's error, else why not."""
+    names = names or [f"tensor {i}" for i in range(len(reference))]
+    total = [0.0, 0.0, 0.0]  # dot, |ref|^2, |other|^2
+    for name, r, o in zip(names, reference, other):
+        dims = r.dim()
+        r, o = r.detach().double().flatten(), o.detach().double().flatten()  # a 1e30 gradient overflows fp32 norms
+        if not bool(torch.isfinite(o).all()):
+            return f"{name} is not finite"
+        rn, on = float(r.norm()), float(o.norm())
+        total[0] += float(r @ o)
+        total[1] += rn * rn
+        total[2] += on * on
+        if rn < 1e-12:  # a zero reference (a frozen or unused part): nothing to compare with
+            continue
+        ratio = on / rn
+        if not NORM_RATIO[0] <= ratio <= NORM_RATIO[1]:
+            return f"{name}: norm {ratio:.3g}x the fp32 one"
+        if dims >= 2 and (cos := float(F.cosine_similarity(r, o, dim=0))) < MIN_WEIGHT_COSINE:
+            return f"{name}: cosine {cos:.2f} to the fp32 one"
+    cos = total[0] / math.sqrt(max(total[1] * total[2], 1e-30))
+    return None if cos >= MIN_TOTAL_COSINE else f"all tensors together: cosine {cos:.3f} to fp32"
+
+
+@contextlib.contextmanager
+def watch_unit_maps(model: nn.Module):
+    """Yields a list that becomes non-empty when a convolution of ``model`` (or of a deep copy made inside the
+    block: hooks are copied with the module) sees or produces a 1x1 map."""
+    seen: list[str] = []
+
+    def hook(m, inputs, output) -> None:
+        if any(t.dim() >= 4 and math.prod(t.shape[2:]) == 1 for t in (inputs[0], output)):
+            seen.append(type(m).__name__)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _cache_file() -> Path:
+    from semipairs.decoded import cache_root
+
+    return cache_root() / "precision.json"
+
+
+def _cache_key(requested: str, device: str, key: str) -> str:
+    flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16"})
+    gpu = torch.cuda.get_device_name() if device.startswith("cuda") and torch.cuda.is_available() else ""
+    text = json.dumps([requested, device, key, torch.__version__, flags, gpu])
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _read_cache() -> dict:
+    try:
+        return json.loads(_cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(entry_key: str, entry: dict) -> None:
+    from semipairs.atomic import write_text
+    from semipairs.errors import StoreError
+
+    data = _read_cache()
+    data[entry_key] = entry
+    try:
+        _cache_file().parent.mkdir(parents=True, exist_ok=True)
+        write_text(_cache_file(), json.dumps(data, indent=1))
+    except (OSError, StoreError):
+        pass  # a cache that cannot be written only costs the check next time
+
+
+def select_precision(requested: str, device: str, probe: Callable[[Precision], Sequence[torch.Tensor]], *,
+                     key: str, model: nn.Module | None = None, names: Sequence[str] | None = None,
+                     cache: bool | None = None) -> Precision:
+    """The precision to run in. ``probe(p)`` runs the actual model once in ``p`` from the same state and input
+    and returns what must agree (gradients of a training step, or features); ``key`` names the model and
+    input size for the cache; ``model`` (when given) is watched for 1x1 maps. ``reason`` of the result says
+    why, and is non-empty when a configuration was refused. ``SEMIPAIRS_PRECISION_CACHE=0`` always checks."""
+    cache = os.environ.get("SEMIPAIRS_PRECISION_CACHE", "1") != "0" if cache is None else cache
+    options = candidates(requested, device)
+    if len(options) == 1:
+        return options[0]
+    entry_key = _cache_key(requested, device, key)
+    if cache and (hit := _read_cache().get(entry_key)):
+        return Precision(**{**hit["precision"], "device_type": torch.device(device).type})
+    timings: dict[str, float] = {}
+    timing = requested == "auto"  # an explicit bf16 takes the first that agrees: nothing to time
+
+    def run(p: Precision, first: Callable[[], Sequence[torch.Tensor]] | None = None) -> Sequence[torch.Tensor]:
+        out = first() if first else probe(p)  # the first call pays for kernel creation; the second is timed
+        if timing:
+            sync = torch.cuda.synchronize if p.device_type == "cuda" else (lambda: None)  # GPU kernels run async
+            sync()
+            t = time.perf_counter()
+            probe(p)
+            sync()
+            timings[p.label] = time.perf_counter() - t
+        return out
+
+    fp32 = options[-1]
+    with watch_unit_maps(model if model is not None else nn.Module()) as unit_maps:
+        reference = run(fp32, lambda: probe(fp32))
+    refused, passed = [], []
+    for p in options[:-1]:
+        if p.channels_last and unit_maps:
+            refused.append(f"{p.label}: a convolution sees a 1x1 map (a layout oneDNN gets wrong)")
+            continue
+        why = agreement(reference, run(p), names)
+        (refused.append(f"{p.label}: {why}") if why else passed.append(p))
+        if passed and not timing:
+            break
+    if not timing:
+        chosen = passed[0] if passed else fp32
+    else:
+        fastest = min(passed, key=lambda p: timings[p.label], default=None)
+        speedup = timings[fp32.label] / timings[fastest.label] if fastest else 0.0
+        chosen = fastest if fastest and speedup >= _SPEEDUP_MARGIN else fp32
+    figures = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in timings.items())
+    reason = "; ".join(refused)
+    if chosen is fp32 and passed and requested == "auto":
+        reason = (reason + "; " if reason else "") + f"bf16 is not faster here ({figures})"
+    chosen = replace(chosen, reason=reason)
+    if cache:
+        _write_cache(entry_key, {"precision": asdict(chosen), "timings_s": timings, "key": key})
+    return chosen
+
+
+def training_probe(model: nn.Module, inputs: Sequence[torch.Tensor], device: str,
+                   step: Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]) -> Callable[[Precision], list]:
+    """A probe for ``select_precision``: one forward/backward of a copy of ``model`` from its current state,
+    the parameters' gradients as the result. ``step(model, inputs)`` returns the loss."""
+
+    def probe(p: Precision) -> list[torch.Tensor]:
+        m = p.prepare_model(copy.deepcopy(model).to(device))
+        xs = [p.prepare_input(x.to(device)) for x in inputs]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            with p.autocast():
+                loss = step(m, xs)
+            loss.float().backward()
+        return [loss.detach().float().reshape(1)] + [q.grad if q.grad is not None else torch.zeros_like(q)
+                                                     for q in m.parameters() if q.requires_grad]
+    return probe
+
+
+def inference_probe(model: nn.Module, inputs: torch.Tensor, device: str) -> Callable[[Precision], list]:
+    """A probe for ``select_precision``: the features of ``model`` (eval mode, no grad), as one (N, D) tensor."""
+
+    def probe(p: Precision) -> list[torch.Tensor]:
+        m = p.prepare_model(copy.deepcopy(model).to(device).eval())
+        with torch.no_grad(), p.autocast():
+            out = m(p.prepare_input(inputs.to(device)))
+        return [out.flatten(1).float()]
+    return probe
+
+
+def select_for_inference(requested: str, device: str, model: nn.Module, image_size: int, key: str) -> Precision:
+    """``select_precision`` for a feature extractor at ``image_size`` (eval, curate, refine)."""
+    if len(candidates(requested, device)) == 1:
+        return candidates(requested, device)[0]
+    x = torch.randn(8, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    return select_precision(requested, device, inference_probe(model, x, device), key=f"{key}@{image_size}",
+                            model=model)
+
+
+def precision_note(p: Precision) -> str | None:
+    """What a command tells the user (as a ``note:``) when the check refused a configuration, else None."""
+    return f"precision {p.label}: {p.reason}" if p.reason else None

@@ -135,18 +135,18 @@ def test_auto_precision_reads_the_cpu_flags(tmp_path: Path) -> None:
 
 
 def test_bf16_steps_track_fp32_steps_and_losses_stay_fp32() -> None:
-    """Three MoCo steps from the same seed. bf16 keeps 8 mantissa bits (relative error ~0.4% per op);
+    """Two MoCo steps from the same seed. bf16 keeps 8 mantissa bits (relative error ~0.4% per op);
     through a ResNet-18 forward the loss (about ln(queue + 1) = 4.2) moves by well under 2%, so 0.1 absolute."""
-    x1, x2 = torch.rand(2, 16, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    x1, x2 = torch.rand(2, 8, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     losses = {}
     for name in ("fp32", "bf16"):
         torch.manual_seed(0)
         model, _ = build_model(TrainConfig(data="digits", out=Path("unused"), queue_size=64, image_size=16))
-        prec = Precision(name, "cpu")
+        prec = Precision(name, "cpu")  # contiguous: at 16 px a convolution sees a 1x1 map (tests/test_precision.py)
         model = prec.prepare_model(model)
         opt = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9)
         losses[name] = []
-        for _ in range(3):
+        for _ in range(2):
             with prec.autocast():
                 loss, _, keys = model(prec.prepare_input(x1), prec.prepare_input(x2))
             assert loss.dtype == torch.float32 and keys.dtype == torch.float32

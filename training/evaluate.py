@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from semipairs.decoded import DecodedImages, decode_source
+from semipairs.errors import DivergedError
 from semipairs.precision import Precision, resolve_precision
 from semipairs.sources.base import ImageSource
 from training.augment import evaluation, moco_v2, stats_for
@@ -81,7 +82,13 @@ def extract_features(backbone: nn.Module, source: ImageSource, image_size: int, 
                       leave=False):
             feats.append(F.normalize(model(precision.prepare_input(x.to(device))).flatten(1).float(), dim=1).cpu())
     backbone.train(was_training)
-    return torch.cat(feats), labels
+    feats = torch.cat(feats)
+    if not bool(torch.isfinite(feats).all()):
+        bad = int((~torch.isfinite(feats).all(1)).sum())
+        raise DivergedError(f"{source.spec}: {bad} of {len(feats)} feature rows are not finite under precision "
+                            f"{precision.label}: the backbone's weights hold NaN/inf (a diverged run?) or the precision "
+                            "is wrong for this model (try --precision fp32)")
+    return feats, labels
 
 
 def knn_top1(train_f: torch.Tensor, train_y: torch.Tensor, test_f: torch.Tensor, test_y: torch.Tensor, k: int = 200,

@@ -28,7 +28,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from semipairs.atomic import atomic_write
-from semipairs.precision import resolve_precision
+from semipairs.errors import DivergedError
+from semipairs.lock import exclusive
+from semipairs.precision import precision_note, select_for_inference
 from semipairs.sources import open_source
 from training.checkpoint import backbone_from_state, load_checkpoint, save_checkpoint
 from training.evaluate import extract_features, knn_top1
@@ -106,8 +108,12 @@ def embed_streams(cfg: RefineConfig, device: str, progress: bool, log=print) -> 
     sources = {"train": open_source(cfg.data)}
     if cfg.eval_data:
         sources["eval"] = open_source(cfg.eval_data)
+    precision = select_for_inference(cfg.precision, device, student, spec.image_size,
+                                     key=f"refine:{spec.arch}:cifar_stem={spec.cifar_stem}")
+    if text := precision_note(precision):
+        log(text)
     kw = {"num_workers": cfg.num_workers, "device": device, "progress": progress, "require_labels": False,
-          "precision": resolve_precision(cfg.precision, device)}
+          "precision": precision}
     for name, src in sources.items():
         s, y = extract_features(student.to(device), src, spec.image_size, **kw)
         t, _ = extract_features((teacher or student).to(device), src, spec.image_size, augmented=teacher is None,
@@ -156,6 +162,10 @@ def train_gnn(x: dict[str, torch.Tensor], graphs: dict[str, KnnGraph], cfg: Refi
             loss = byol_loss(predictor(z["student"]), y["teacher"]) + byol_loss(predictor(z["teacher"]), y["student"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if not bool(torch.isfinite(loss.detach())) or not all(bool(torch.isfinite(q.grad).all())
+                                                                    for q in params if q.grad is not None):
+                raise DivergedError(f"refinement diverged at step {step + 1}: the loss or a gradient is not finite "
+                                    f"(lr {cfg.lr}); nothing was written; try fewer --epochs or a lower lr")
             opt.step()
             update_momentum(online, target, 1 - (1 - cfg.ema) * (math.cos(math.pi * step / total) + 1) / 2)
             step += 1
@@ -198,7 +208,13 @@ def _knn(train_f, train_y, test_f, test_y, k: int) -> float | None:
 
 
 def refine(cfg: RefineConfig, progress: bool = True, log=print) -> dict[str, Any]:
-    """The whole phase: embed both streams, build the graphs, train the GNN, write embeddings and a report."""
+    """The whole phase: embed both streams, build the graphs, train the GNN, write embeddings and a report.
+    One writer per ``cfg.out``: a second refinement into it is refused while this one runs."""
+    with exclusive(cfg.out, "a refinement into this directory"):
+        return _refine(cfg, progress, log)
+
+
+def _refine(cfg: RefineConfig, progress: bool, log) -> dict[str, Any]:
     t0 = time.time()
     device = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
     streams = embed_streams(cfg, device, progress, log)

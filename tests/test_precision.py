@@ -1,0 +1,184 @@
+"""Precision chosen by a check, not by a flag: agreement bounds, fallback from an injected bad gradient, the
+1x1-map rule, the cache, bf16 training on any CPU, and runs that diverge stop with one error line."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import semipairs.precision as precision
+from semipairs.errors import DivergedError
+from semipairs.precision import Precision, agreement, candidates, select_precision, training_probe
+from training.checkpoint import load_checkpoint
+from training.trainer import TrainConfig, train
+
+
+def test_agreement_takes_bf16_noise_and_refuses_what_a_broken_kernel_gives() -> None:
+    g = torch.Generator().manual_seed(0)
+    ref = [torch.randn(64, 32, 3, 3, generator=g), torch.randn(64, generator=g)]
+    noisy = [ref[0] + 0.6 * torch.randn(ref[0].shape, generator=g),  # cosine ~0.86: the healthy bf16 range at init
+             torch.randn(64, generator=g)]  # a BatchNorm-like 1-D gradient: its direction is noise, its norm holds
+    assert agreement(ref, noisy, ["conv.weight", "bn.bias"]) is None
+    assert "conv.weight: norm 1e+30x" in agreement(ref, [ref[0] * 1e30, ref[1]], ["conv.weight", "bn.bias"])
+    nan = ref[0].clone()
+    nan[0, 0, 0, 0] = math.nan
+    assert agreement(ref, [nan, ref[1]], ["conv.weight", "bn.bias"]) == "conv.weight is not finite"
+    shuffled = ref[0].flatten()[torch.randperm(ref[0].numel(), generator=g)].view_as(ref[0])  # same values, wrong layout
+    assert "conv.weight: cosine" in agreement(ref, [shuffled, ref[1]], ["conv.weight", "bn.bias"])
+
+
+class _Scale(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 1e30  # what the oneDNN kernel gave: |grad| ~ 1e32
+
+
+class Corrupt(nn.Module):
+    """Identity forward; under bf16 autocast (and, if ``only_channels_last``, a channels_last input) its
+    backward corrupts every gradient upstream of it."""
+
+    def __init__(self, only_channels_last: bool) -> None:
+        super().__init__()
+        self.only_channels_last = only_channels_last
+
+    def forward(self, x):
+        cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        if torch.is_autocast_enabled("cpu") and (cl or not self.only_channels_last):
+            return _Scale.apply(x)
+        return x
+
+
+def _net(corrupt: Corrupt | None, spatial: int = 8) -> tuple[nn.Module, Path]:
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 16, 3, padding=1), *([corrupt] if corrupt else []), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+              nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 4)]
+    return nn.Sequential(*layers), torch.randn(8, 3, spatial, spatial, generator=torch.Generator().manual_seed(1))
+
+
+def _select(model: nn.Module, x: torch.Tensor, requested: str = "bf16", calls: list | None = None, **kw) -> Precision:
+    probe = training_probe(model, [x], "cpu", lambda m, xs: m(xs[0]).square().mean())
+
+    def counted(p):
+        (calls if calls is not None else []).append(p.label)
+        return probe(p)
+    return select_precision(requested, "cpu", counted, key="test", model=model, cache=False, **kw)
+
+
+def test_the_check_falls_back_from_an_injected_bad_gradient() -> None:
+    model, x = _net(None)
+    assert _select(model, x) == Precision("bf16", "cpu", True)  # healthy: the first option, nothing refused
+    model, x = _net(Corrupt(only_channels_last=True))
+    chosen = _select(model, x)
+    assert (chosen.label, chosen.name) == ("bf16", "bf16")
+    assert chosen.reason.startswith("bf16+channels_last: tensor 1: norm") and "the fp32 one" in chosen.reason
+    model, x = _net(Corrupt(only_channels_last=False))
+    chosen = _select(model, x)
+    assert chosen.label == "fp32" and "bf16+channels_last:" in chosen.reason and "; bf16: tensor 1: norm" in chosen.reason
+    assert precision.precision_note(chosen).startswith("precision fp32: bf16+channels_last")
+
+
+def test_channels_last_is_never_used_where_a_convolution_sees_a_1x1_map() -> None:
+    model, x = _net(None, spatial=1)
+    chosen = _select(model, x)
+    assert chosen.label == "bf16" and "a convolution sees a 1x1 map" in chosen.reason
+
+
+def test_auto_times_the_options_only_where_bf16_is_native_and_caches_the_choice(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SEMIPAIRS_CACHE", str(tmp_path))
+    monkeypatch.setattr(precision, "_native_bf16", lambda device_type: False)
+    assert candidates("auto", "cpu") == [Precision("fp32", "cpu")]  # no check at all: fp32 is the reference
+    monkeypatch.setattr(precision, "_native_bf16", lambda device_type: True)
+    model, x = _net(None)
+    probe = training_probe(model, [x], "cpu", lambda m, xs: m(xs[0]).square().mean())
+    calls = []
+
+    def counted(p):
+        calls.append(p.label)
+        return probe(p)
+    first = select_precision("auto", "cpu", counted, key="cached-net", model=model)
+    assert calls.count("fp32") == 2 and calls.count("bf16+channels_last") == 2  # each run once, then once timed
+    assert first.label in ("fp32", "bf16", "bf16+channels_last")
+    again = select_precision("auto", "cpu", counted, key="cached-net", model=model)
+    assert again == first and len(calls) == 6  # the cache answered: no probe ran
+    assert "cached-net" in (tmp_path / "precision.json").read_text()
+
+
+def _digits_cfg(out: Path, **kw) -> TrainConfig:
+    base = dict(method="moco", data="digits", out=out, epochs=100, max_steps=30, batch_size=4, image_size=16, queue_size=32,
+                num_workers=0, lr=0.1, seed=0, resume=False)
+    return TrainConfig(**(base | kw))
+
+
+def test_bf16_trains_30_steps_on_any_cpu_and_tracks_fp32(tmp_path: Path) -> None:
+    """ResNet-18 at 16 px (the quickstart's model) in checked bf16 (emulated where the CPU has no bf16: about a
+    minute here), against fp32 from the same seed. MoCo's loss first *rises* while the random initial queue
+    fills with real keys (8 steps at batch 4, queue 32), then moves slowly at batch 4, so the test holds what
+    is robust: 30 finite steps, the same rise, and the same loss level. Per-step losses drift apart within a
+    few steps (chaotic trajectories), so levels are compared as means: bf16 rounds each op to 8 mantissa
+    bits, which moves a mean of 30 losses of ~2-4 by well under 0.25 (0.04 measured here)."""
+    losses = {}
+    for name in ("fp32", "bf16"):
+        m = train(_digits_cfg(tmp_path / name, precision=name), progress=False)
+        losses[name] = [x for e in m["epochs"] for x in e["step_losses"]]
+        assert m["precision"].startswith(name) and len(losses[name]) == 30
+        assert all(math.isfinite(v) for v in losses[name])
+        assert np.mean(losses[name][10:]) > losses[name][0] + 1.0, losses[name]  # the queue filled: real negatives
+    assert abs(np.mean(losses["bf16"]) - np.mean(losses["fp32"])) < 0.25, losses
+    assert abs(np.mean(losses["bf16"][:3]) - np.mean(losses["fp32"][:3])) < 0.1, losses  # before chaos sets in
+
+
+def test_a_divergence_in_a_later_epoch_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    from training.moco import MoCo
+
+    cfg = _digits_cfg(tmp_path / "run", max_steps=None, epochs=2, batch_size=64, image_size=8, precision="fp32",
+                      resume=True)
+    m = train(cfg.model_copy(update={"stop_after": 1}), progress=False)
+    assert len(m["epochs"]) == 1
+    good = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    forward = MoCo.forward
+
+    def poisoned(self, *a, **k):
+        loss, parts, keys = forward(self, *a, **k)
+        return loss * math.nan, parts, keys
+    monkeypatch.setattr(MoCo, "forward", poisoned)
+    with pytest.raises(DivergedError, match=r"loss is nan at step 29 under precision fp32 .* still holds the last good"):
+        train(cfg, progress=False)
+    kept = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert kept["epoch"] == 1 and all(torch.equal(kept["backbone"][k], v) for k, v in good["backbone"].items())
+
+
+def test_an_absurd_learning_rate_ends_in_one_error_line_and_no_checkpoint(tmp_path: Path) -> None:
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("max_steps: 30\n")
+    r = subprocess.run([sys.executable, "-m", "semipairs.cli", "train", "--method", "moco", "--data", "digits",
+                        "--image-size", "16", "--batch-size", "32", "--epochs", "100", "--lr", "1e9", "--precision", "fp32",
+                        "--num-workers", "0", "--config", str(cfg), "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "training diverged" in errors[0] and "precision fp32" in errors[0], r.stderr
+    assert "no checkpoint was written" in errors[0] and "Traceback" not in r.stderr
+    assert not (tmp_path / "out" / "checkpoint.pt").exists()
+
+
+def test_features_that_are_not_finite_are_an_error_not_a_score(cifar_folder: Path) -> None:
+    from semipairs.sources import open_source
+    from training.backbones import BackboneSpec, build_backbone
+    from training.evaluate import extract_features
+
+    model, _ = build_backbone(BackboneSpec("resnet18", image_size=16))
+    with torch.no_grad():
+        model.layer4[1].bn2.weight.fill_(math.nan)
+    with pytest.raises(DivergedError, match=r"300 of 300 feature rows are not finite"):
+        extract_features(model, open_source(f"imagefolder:{cifar_folder}"), 16, num_workers=0)
