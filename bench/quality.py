@@ -68,7 +68,8 @@ def main() -> None:
     ap.add_argument("--curve", default=None, help="comma-separated pair precisions in percent: label-built pairs")
     ap.add_argument("--coverage", type=float, default=1.0, help="curve: share of training images that anchor pairs")
     ap.add_argument("--per-anchor", type=int, default=1, help="curve: positives per anchor")
-    ap.add_argument("--pair-mode", default="extra", help="extra, swap or multi (train --pair-mode)")
+    ap.add_argument("--method", default="moco", help="moco, simclr or simsiam (train --method)")
+    ap.add_argument("--pair-mode", default="extra", help="extra, swap, multi or inbatch (train --pair-mode)")
     ap.add_argument("--swap-prob", type=float, default=0.5)
     ap.add_argument("--pair-weight", type=float, default=1.0)
     ap.add_argument("--pair-warmup", type=float, default=0.0)
@@ -96,8 +97,9 @@ def main() -> None:
         out = work / f"seed{seed}" / name
         if not (args.reuse_baseline and pairs is None and (out / "checkpoint.pt").exists()):
             shutil.rmtree(out, ignore_errors=True)
-        cfg = TrainConfig(method="moco", data=train_src, out=out, pairs=pairs, pair_ratio=args.pair_ratio, epochs=args.epochs,
-                          max_steps=args.steps or None, batch_size=args.batch_size, image_size=32, cifar_stem=args.cifar_stem,
+        cfg = TrainConfig(method=args.method, data=train_src, out=out, pairs=pairs, pair_ratio=args.pair_ratio,
+                          epochs=args.epochs, max_steps=args.steps or None, batch_size=args.batch_size, image_size=32,
+                          cifar_stem=args.cifar_stem,
                           num_workers=args.workers, seed=seed, pair_mode=args.pair_mode, swap_prob=args.swap_prob,
                           pair_weight=args.pair_weight, pair_warmup=args.pair_warmup)
         t = time.perf_counter()
@@ -114,8 +116,9 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     setting = {"train_images": args.train_images, "test_images": args.test_images, "backbone": "resnet18",
                "cifar_stem": args.cifar_stem, "image_size": 32, "batch_size": args.batch_size, "steps": args.steps,
-               "method": "moco", "pair_mode": args.pair_mode, "swap_prob": args.swap_prob, "pair_weight": args.pair_weight,
+               "method": args.method, "pair_mode": args.pair_mode, "swap_prob": args.swap_prob, "pair_weight": args.pair_weight,
                "pair_warmup": args.pair_warmup, "pair_ratio": args.pair_ratio, "knn": {"k": 200, "temperature": 0.07}}
+    setting["random_init_knn"] = random_init_knn(train_src, test_src, args)
     if args.curve:
         run_curve(args, seeds, run, train_src, work, setting)
         return
@@ -144,6 +147,20 @@ def main() -> None:
         "runs": rows,
         "mean_gain_points": round(sum(r["gain_points"] for r in rows) / len(rows), 2), "target_gain_points": 2.0,
     }, args.out)
+
+
+def random_init_knn(train_src: str, test_src: str, args) -> float:
+    """kNN top-1 of the untrained backbone (seed 0): the floor a budget must clear by 15 points."""
+    import torch
+
+    from semipairs.sources import open_source
+    from training.backbones import BackboneSpec, build_backbone
+    from training.evaluate import evaluate_backbone
+
+    torch.manual_seed(0)
+    model, _ = build_backbone(BackboneSpec("resnet18", cifar_stem=args.cifar_stem, image_size=32))
+    res = evaluate_backbone(model.eval(), open_source(train_src), open_source(test_src), 32, num_workers=args.workers)
+    return round(res.knn_top1, 2)
 
 
 def label_pairs(labels: list[int], precision: float, coverage: float, per_anchor: int, seed: int) -> tuple:

@@ -40,4 +40,4 @@ def evaluation(size: int = 224) -> v2.Compose:
     return v2.Compose([v2.ToImage(), *resize, v2.ToDtype(torch.float32, scale=True), v2.Normalize(*stats_for(size))])
 
 
-RECIPES = {"moco": moco_v2, "simsiam": simsiam}
+RECIPES = {"moco": moco_v2, "simsiam": simsiam, "simclr": moco_v2}  # SimCLR: the batched path uses the same views

@@ -9,6 +9,9 @@ of itself, plus semantic pairs used the way ``pair_mode`` says:
   probability ``swap_prob``, the view of a random partner as its key instead of its own second view.
 - ``multi`` (MoCo only): no extra samples and no swaps; the batch carries each image's row, and the
   loss counts every queued key of a partner image as one more positive (``losses.multi_positive``).
+- ``inbatch`` (pair-aware batches): half of each batch are anchors (every image once an epoch), the other
+  half one random partner of each (an image without partners brings a random image instead); both views
+  of every image, and the loss takes partners found in the batch as positives (``losses.supcon``).
 
 Pairs are undirected for ``swap`` (a pair says both images show the same kind of thing). A sample's
 ``kind`` is ``SAME_IMAGE`` or ``PAIR``; ``index`` is its source row or pair id. Ranks take equal slices.
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 SAME_IMAGE, PAIR = 0, 1
-PAIR_MODES = ("extra", "swap", "multi")
+PAIR_MODES = ("extra", "swap", "multi", "inbatch")
 
 
 @dataclass(frozen=True)
@@ -83,12 +86,37 @@ def plan_epoch(ok: np.ndarray, pairs: PairRows | None, *, seed: int, epoch: int,
         pick = offsets[rows[swap]] + (rng.random(int(swap.sum())) * degree[swap]).astype(np.int64)
         b[swap] = nbrs[pick]
         kind[swap] = PAIR
+    if pairs is not None and len(pairs) and mode == "inbatch":
+        yield from _inbatch(rows, pairs, len(ok), rng, rank, world, batch_size, steps)
+        return
     order = rng.permutation(len(a))[rank::world]
     for s in range(steps):
         sel = order[s * batch_size:(s + 1) * batch_size]
         yield Batch(a[sel], b[sel], kind[sel], index[sel])
 
 
+def _inbatch(rows: np.ndarray, pairs: PairRows, n: int, rng: np.random.Generator, rank: int, world: int,
+             batch_size: int, steps: int) -> Iterator[Batch]:
+    """Batches of ``batch_size // 2`` anchors followed by one partner each (``kind`` PAIR where it is one)."""
+    offsets, nbrs = pairs.partners(n)
+    anchors = rng.permutation(rows)[rank::world]
+    half = batch_size // 2
+    for s in range(steps):
+        a = anchors[s * half:(s + 1) * half]
+        degree = offsets[a + 1] - offsets[a]
+        has = degree > 0
+        partner = rng.choice(rows, size=len(a))  # stand-ins for anchors without partners
+        pick = offsets[a[has]] + (rng.random(int(has.sum())) * degree[has]).astype(np.int64)
+        partner[has] = nbrs[pick]
+        fill = rng.choice(rows, size=batch_size - 2 * len(a))  # an odd batch size: one plain image more
+        batch = np.concatenate([a, partner, fill])
+        kind = np.concatenate([np.zeros(len(a), np.int8), has.astype(np.int8), np.zeros(len(fill), np.int8)]) * PAIR
+        yield Batch(batch, batch, kind, batch)
+
+
 def samples_per_epoch(ok: np.ndarray, pairs: PairRows | None, mode: str, pair_ratio: float) -> int:
+    """Samples an epoch plans (``inbatch``: every image once as an anchor, each with a partner: twice as many)."""
+    if pairs is not None and mode == "inbatch":
+        return 2 * int(ok.sum())
     extra = int(round(len(pairs) * pair_ratio)) if pairs is not None and mode == "extra" else 0
     return int(ok.sum()) + extra

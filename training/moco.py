@@ -2,7 +2,12 @@
 
 Query encoder = backbone + projection; key encoder = its momentum copy; a queue of past keys as
 negatives. Under DDP keys are all-gathered before the queue update, so every rank's queue holds every
-rank's keys; BN is synchronised by the trainer (SyncBatchNorm).
+rank's keys; on GPUs the trainer synchronises BN (SyncBatchNorm), CPU ranks keep their own statistics.
+
+With a pair graph (``set_partners``) and the batch's source rows, pairs join the loss one of two ways:
+``multi``: queued keys of partner images are extra positives; ``inbatch``: the batch's own keys are
+contrasted too, a query's positives are its key and the keys of its partners in the batch (fresh keys of
+this step), and queued keys of partners leave the negatives.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from torch import nn
 from semipairs.dist import all_gather
 from semipairs.precision import full_precision
 from training.heads import ProjectionHead
-from training.losses import info_nce, multi_positive_nce, reco_global, reco_local
+from training.losses import info_nce, multi_positive_nce, reco_global, reco_local, supcon
 from training.losses.reco import cutmix
 from training.momentum import update_momentum
+from training.pair_graph import PairGraph
 
 
 class MoCo(nn.Module):
@@ -35,19 +41,18 @@ class MoCo(nn.Module):
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("queue_rows", torch.full((queue_size,), -1, dtype=torch.long))  # source row of each key
-        self.register_buffer("partner_codes", None, persistent=False)  # sorted a * n + b over pair edges ("multi")
-        self.num_rows = 0
+        self.graph, self.pair_mode = PairGraph(), "multi"
 
-    def set_partners(self, anchor: torch.Tensor, positive: torch.Tensor, num_rows: int) -> None:
-        """Pair edges (undirected) whose queued partners count as extra positives of a query."""
-        a, b = torch.cat([anchor, positive]), torch.cat([positive, anchor])
-        self.partner_codes, self.num_rows = torch.unique(a * num_rows + b), num_rows
+    def set_partners(self, anchor: torch.Tensor, positive: torch.Tensor, num_rows: int, mode: str = "multi") -> None:
+        """Pair edges (undirected) and how they join the loss: ``multi`` or ``inbatch`` (module docstring)."""
+        if mode not in ("multi", "inbatch"):
+            raise ValueError(f"MoCo pair mode {mode!r}: use multi or inbatch")
+        self.graph.set_edges(anchor, positive, num_rows)
+        self.pair_mode = mode
 
     def partner_mask(self, rows: torch.Tensor) -> torch.Tensor:
         """(B, K) True where the queued key's image is a pair partner of the query's image."""
-        codes = rows[:, None] * self.num_rows + self.queue_rows[None, :]
-        at = torch.searchsorted(self.partner_codes, codes).clamp_(max=len(self.partner_codes) - 1)
-        return (self.partner_codes[at] == codes) & (self.queue_rows[None, :] >= 0)
+        return self.graph.mask(rows, self.queue_rows)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.projector(self.backbone(x).flatten(1)).float(), dim=1)
@@ -65,11 +70,12 @@ class MoCo(nn.Module):
     def enqueue(self, keys: torch.Tensor, rows: torch.Tensor | None = None) -> None:
         rows = torch.full((len(keys),), -1, dtype=torch.long) if rows is None else rows.long()
         keys, rows = all_gather(keys), all_gather(rows.to(keys.device))
-        n, size = len(keys), len(self.queue)
-        ptr = int(self.queue_ptr)
+        size = len(self.queue)
+        keys, rows = keys[-size:], rows[-size:]  # a batch larger than the queue: its newest keys fill it
+        n, ptr = len(keys), int(self.queue_ptr)
         idx = (torch.arange(n, device=keys.device) + ptr) % size
-        self.queue[idx] = keys[-size:] if n > size else keys
-        self.queue_rows[idx] = rows[-size:] if n > size else rows
+        self.queue[idx] = keys
+        self.queue_rows[idx] = rows
         self.queue_ptr.fill_((ptr + n) % size)
 
     def forward(self, view_q: torch.Tensor, view_k: torch.Tensor, weights: torch.Tensor | None = None,
@@ -84,7 +90,16 @@ class MoCo(nn.Module):
         q_mix = self.encode(mixed[0]) if mixed is not None else None
         with full_precision(q.device.type):
             queue = self.queue.clone().detach()
-            if self.partner_codes is not None and rows is not None:
+            if self.graph.ready and rows is not None and self.pair_mode == "inbatch":
+                r = rows.to(q.device)
+                own = (r[:, None] == r[None, :]) | self.graph.mask(r, r).to(q.device)
+                queued = self.partner_mask(rows).to(q.device)
+                positive = torch.cat([own, torch.zeros_like(queued)], dim=1)
+                valid = torch.cat([torch.ones_like(own), ~queued], dim=1)
+                loss = supcon(q, torch.cat([k, queue]), positive, valid, self.temperature, weights)
+                parts = {"inbatch_nce": float(loss.detach()), "batch_partners": float(own.sum(1).float().mean()) - 1.0,
+                         "queued_partners_removed": float(queued.sum(1).float().mean())}
+            elif self.graph.ready and rows is not None:
                 mask = self.partner_mask(rows)
                 loss = multi_positive_nce(q, k, queue, mask, self.temperature, weights)
                 parts = {"multi_positive_nce": float(loss.detach()), "queued_partners": float(mask.sum(1).float().mean())}

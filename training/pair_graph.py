@@ -1,0 +1,33 @@
+"""The pair graph as a lookup table on the model's device: is image ``a`` a known partner of image ``b``?
+
+Pairs are undirected (a pair says both images show the same kind of thing). Edges are kept as sorted
+codes ``a * n + b`` so a (B, K) mask of any rows against any rows is one ``searchsorted``, never an
+N x N matrix. Rows of -1 (a queued key whose image is unknown) match nothing.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class PairGraph(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("codes", None, persistent=False)
+        self.num_rows = 0
+
+    @property
+    def ready(self) -> bool:
+        return self.codes is not None and len(self.codes) > 0
+
+    def set_edges(self, anchor: torch.Tensor, positive: torch.Tensor, num_rows: int) -> None:
+        a, b = torch.cat([anchor, positive]).long(), torch.cat([positive, anchor]).long()
+        self.codes, self.num_rows = torch.unique(a * num_rows + b), num_rows
+
+    def mask(self, rows_q: torch.Tensor, rows_k: torch.Tensor) -> torch.Tensor:
+        """(len(rows_q), len(rows_k)) bool: True where the two rows are pair partners."""
+        rows_q, rows_k = rows_q.to(self.codes.device).long(), rows_k.to(self.codes.device).long()
+        codes = rows_q[:, None] * self.num_rows + rows_k[None, :]
+        at = torch.searchsorted(self.codes, codes).clamp_(max=len(self.codes) - 1)
+        return (self.codes[at] == codes) & (rows_q[:, None] >= 0) & (rows_k[None, :] >= 0)
