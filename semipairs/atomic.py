@@ -1,4 +1,6 @@
-"""Atomic file writes: every file the project writes goes through ``atomic_write``.
+"""Atomic file writes for single files (manifests, configs, checkpoints, metrics, caches): ``atomic_write``.
+Whole dataset versions (shards, parquet, audit) are instead written into a temporary version directory
+that is verified and then renamed into place (``semipairs.publish``).
 
 The content goes to a temporary file unique to this writer (same directory, so the rename stays on one
 file system), is flushed, then renamed over the target: a reader sees the old file or the new one,

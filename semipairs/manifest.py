@@ -65,7 +65,9 @@ def semver_key(version: str) -> tuple:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # A field this reader does not know (written by a newer release of format 1) is ignored, not refused;
+    # a known field of the wrong type is an error naming it.
+    model_config = ConfigDict(extra="ignore")
 
 
 class SkippedImage(_Model):
@@ -215,4 +217,22 @@ def read_manifest(version_dir: str | Path) -> Manifest:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestError(f"{path}: cannot read manifest: {exc}") from None
-    return parse_manifest(raw, str(path))
+    manifest = parse_manifest(raw, str(path))
+    check_links(Path(version_dir), manifest, str(path))
+    return manifest
+
+
+def check_links(root: Path, manifest: Manifest, where: str) -> None:
+    """Refuse, before any listed file is opened, a listed file that is a link (or lies under one) resolving
+    outside the version directory. The one other place allowed is the blob store of a Hugging Face cache
+    snapshot (``REPO/snapshots/REV`` links into ``REPO/blobs``), where huggingface_hub puts every download."""
+    base = root.resolve()
+    allowed = [base] + ([base.parent.parent / "blobs"] if base.parent.name == "snapshots" else [])
+    for i, entry in enumerate(manifest.files):
+        p = root / entry.path
+        if not (p.is_symlink() or p.resolve() != base / entry.path):
+            continue
+        real = p.resolve()
+        if not any(real == a or a in real.parents for a in allowed):
+            raise ManifestError(f"{where}: field 'files.{i}.path' ({entry.path!r}) is a link leading outside the "
+                                f"version directory (to {real}); refused")

@@ -5,6 +5,7 @@ Whatever fails on the way, the temp dir is removed and nothing already in the st
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -123,8 +124,25 @@ class _ImageReader:
         return item.data, item.ext
 
 
+class _WriteFailed(Exception):
+    """An OSError while writing ``rel`` (a path inside the version): publish names it in the target."""
+
+    def __init__(self, rel: str, exc: OSError) -> None:
+        super().__init__(rel)
+        self.rel, self.exc = rel, exc
+
+
+@contextlib.contextmanager
+def _writing(rel: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise _WriteFailed(rel, exc) from exc
+
+
 def publish(req: PublishRequest) -> Path:
-    """Write, verify and atomically publish one version; return its directory."""
+    """Write, verify and atomically publish one version; return its directory. A write that fails (disk
+    full, quota, read-only) is a StoreError naming the file, and leaves no temp directory behind."""
     target = new_version_dir(req.store, req.name, req.version)
     if req.pairs.empty:
         raise PairsError("no pairs to publish")
@@ -132,7 +150,10 @@ def publish(req: PublishRequest) -> Path:
     tmp = target.parent / f".tmp-{req.version}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        manifest = _write(req, tmp)
+        try:
+            manifest = _write(req, tmp)
+        except _WriteFailed as w:
+            raise StoreError(f"{target / w.rel}: write failed ({w.exc.strerror or w.exc}); nothing was published") from None
         report = verify_version(tmp, manifest, samples=False)  # shards just streamed and hashed by the writer
         if not report.ok:
             raise StoreError(f"{target}: verification before publishing failed: {report.problems[0]}")
@@ -222,12 +243,14 @@ def _write_shards(req: PublishRequest, root: Path, reader: _ImageReader, pairs: 
             if labels is not None:
                 meta["anchor_label"] = labels[reader.pos[anchors[i]]]
                 meta["positive_label"] = labels[reader.pos[positives[i]]]
-            writer.write(pair_id, images[0], images[1], sample_meta(meta))
+            with _writing(writer.current):
+                writer.write(pair_id, images[0], images[1], sample_meta(meta))
             pair_id += 1
     finally:
         chunks.close()
         if writer is not None:
-            writer.close()
+            with _writing(writer.current):
+                writer.close()
     return keep, reencoded, writer.files if writer is not None else []
 
 
@@ -255,20 +278,27 @@ def _write_table(root: Path, final: pd.DataFrame, labels: list[int | None] | Non
         final["anchor_label"] = pd.array([labels[pos[k]] for k in final["anchor_key"]], dtype="Int32")
         final["positive_label"] = pd.array([labels[pos[k]] for k in final["positive_key"]], dtype="Int32")
     parquet = root / PAIRS_NAME
-    write_pairs(to_arrow(final, labels is not None), parquet)
+    with _writing(PAIRS_NAME):
+        write_pairs(to_arrow(final, labels is not None), parquet)
     return FileEntry(path=PAIRS_NAME, bytes=parquet.stat().st_size, sha256=sha256_file(parquet), samples=len(final))
 
 
 def _write_docs(req: PublishRequest, root: Path, manifest: Manifest) -> None:
     """Manifest, audit (through the request's hook), dataset card, resolved config and extra files."""
-    (root / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
-    summary = req.audit(root) if req.audit is not None else None
-    (root / CARD_NAME).write_text(render_card(manifest, req.license, summary), encoding="utf-8")
+    with _writing(MANIFEST_NAME):
+        (root / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+    with _writing("audit"):
+        summary = req.audit(root) if req.audit is not None else None
+    with _writing(CARD_NAME):
+        (root / CARD_NAME).write_text(render_card(manifest, req.license, summary), encoding="utf-8")
     if req.config is not None:
-        (root / "config.yaml").write_text(yaml.safe_dump(req.config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+        with _writing("config.yaml"):
+            (root / "config.yaml").write_text(yaml.safe_dump(req.config, sort_keys=False, allow_unicode=True),
+                                              encoding="utf-8")
     for rel, data in req.extra_files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
+        with _writing(rel):
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_bytes(data)
 
 
 __all__ = ["PublishRequest", "new_version_dir", "publish", "version_dir"]

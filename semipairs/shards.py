@@ -53,6 +53,11 @@ class PairShardWriter:
     def __enter__(self) -> PairShardWriter:
         return self
 
+    @property
+    def current(self) -> str:
+        """The shard being written (or the next one), relative to ``root``: what a failed write names."""
+        return f"{DATA_DIR}/{SHARD_PATTERN.format(len(self.files))}"
+
     def __exit__(self, *exc: object) -> None:
         self.close()
 

@@ -1,0 +1,105 @@
+"""Faults injected for real: a second writer into one run directory, a job killed with SIGKILL mid-run and
+run again (stale lock taken over, training resumed to the same end)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from semipairs.errors import StoreError
+from semipairs.lock import exclusive, lock_path
+
+
+def _train(out: Path, epochs: int = 3) -> list[str]:
+    return [sys.executable, "-m", "semipairs.cli", "train", "--method", "moco", "--data", "digits", "--image-size", "8",
+            "--batch-size", "64", "--epochs", str(epochs), "--precision", "fp32", "--num-workers", "0", "--out", str(out)]
+
+
+def _wait_for(pred, proc: subprocess.Popen, timeout: float = 240) -> None:
+    end = time.monotonic() + timeout
+    while not pred():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < end, "timed out waiting"
+        time.sleep(0.05)
+
+
+def test_a_second_writer_is_refused_and_the_holder_keeps_its_output(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "mine.txt").write_text("the holder's")
+    with exclusive(out, "training into this run directory"):  # this test process is the first writer
+        second = subprocess.run(_train(out), capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    assert f"training into this run directory is already running (pid {os.getpid()} on" in second.stderr
+    assert [p.name for p in out.iterdir()] == ["mine.txt"] and not lock_path(out).exists()
+
+
+def test_a_run_killed_mid_training_resumes_to_the_same_end(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    first = subprocess.Popen(_train(out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: (out / "checkpoint.pt").exists(), first)  # epoch 1 is saved; epoch 2 is running
+        assert json.loads(lock_path(out).read_text())["pid"] == first.pid
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert lock_path(out).exists()  # left behind by the kill: stale now
+    from training.checkpoint import load_checkpoint
+
+    done = json.loads(load_checkpoint(out / "checkpoint.pt")["metrics_epochs"])  # metrics.json may lag by a write
+    assert 1 <= len(done) < 3
+    again = subprocess.run(_train(out), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    epochs = json.loads((out / "metrics.json").read_text())["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3] and epochs[: len(done)] == done  # resumed, finished ones kept
+    assert not lock_path(out).exists()
+
+
+def test_a_lock_is_released_on_errors_and_never_judged_stale_across_hosts(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    with pytest.raises(RuntimeError), exclusive(target, "work"):
+        raise RuntimeError("boom")
+    assert not lock_path(target).exists()
+    lock_path(target).write_text(json.dumps({"pid": 1, "host": "elsewhere", "since": "then"}))
+    with pytest.raises(StoreError, match=r"work is already running \(pid 1 on elsewhere since then\)"), \
+            exclusive(target, "work"):
+        pass
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock_path(target).write_text(json.dumps({"pid": int(gone.stdout), "host": os.uname().nodename, "since": "x"}))
+    with exclusive(target, "work") as path:  # same host, holder gone: stale, taken over
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+
+
+def test_a_failed_write_names_the_file_and_publishes_nothing(cifar_folder: Path, tmp_path: Path) -> None:
+    """A file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored: writes fail with EFBIG, as on a full disk) on a real
+    `semipairs pack`: the shard being written is named, no temp directory or version is left."""
+    import resource
+
+    from semipairs.sources import open_source
+    from tests.conftest import ring_pairs
+
+    csv = ring_pairs(open_source(f"imagefolder:{cifar_folder}").keys(), tmp_path / "p.csv")
+    store = tmp_path / "store"
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
+
+    r = subprocess.run([sys.executable, "-m", "semipairs.cli", "pack", "--source", f"imagefolder:{cifar_folder}",
+                        "--pairs", str(csv), "--store", str(store), "--name", "ring", "--version", "1.0.0"],
+                       capture_output=True, text=True, timeout=300, preexec_fn=limit)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"{store / 'ring' / '1.0.0' / 'data' / 'pairs-000000.tar'}: write failed (File too large)" \
+        in errors[0], r.stderr
+    assert [p.name for p in (store / "ring").iterdir()] == []  # no temp directory, no version
