@@ -13,14 +13,16 @@ TRAIN_EXAMPLE = ("Example: semipairs train --method moco --data cifar10:data --p
                  "(multi-GPU: torchrun --nproc_per_node 8 -m semipairs.cli train ...)")
 EVAL_EXAMPLE = ("Example: semipairs eval --checkpoint runs/moco/checkpoint.pt --train cifar10:data --test cifar10:data:test "
                 "--linear")
-PRECISION_HELP = ("auto (bf16 autocast + channels_last where the CPU has avx512_bf16/AMX or on CUDA, else fp32), "
-                  "fp32 or bf16.")
+PRECISION_HELP = ("auto (where the CPU has avx512_bf16/AMX or on CUDA: the faster of fp32 and bf16 autocast, with or "
+                  "without channels_last, each checked against fp32 on one step; fp32 elsewhere), fp32, or bf16 (the "
+                  "same check; fp32 with a note when no bf16 option agrees).")
 REFINE_EXAMPLE = ("Example: semipairs refine --checkpoint runs/moco/checkpoint.pt --data cifar10:data "
                   "--eval-data cifar10:data:test --k 10 --conv sage --epochs 10 --out refined/moco")
 
 
 def train_command(
-    method: str | None = typer.Option(None, help="moco or simsiam."),
+    method: str | None = typer.Option(None, help="moco, simsiam or simclr (in-batch NT-Xent; with --pair-mode inbatch, "
+                                      "partners in the batch are positives)."),
     data: str | None = typer.Option(None, help="Training images: imagefolder:DIR, webdataset:PATTERN, "
                                      "cifar10:ROOT, digits, hf:OWNER/NAME[:SPLIT]."),
     pairs: str | None = typer.Option(None, help="Pair dataset (path or hf://OWNER/NAME[@REV]) whose semantic pairs "
@@ -41,8 +43,11 @@ def train_command(
     precision: str | None = typer.Option(None, help=PRECISION_HELP),
     decode_budget_gb: float | None = typer.Option(None, help="Decode the images once into a memory-mapped array when they "
                                                   "fit this many GB (default: a quarter of RAM; 0: always stream)."),
-    pair_mode: str | None = typer.Option(None, help="How pairs join: extra (SePP-ID extra samples, default) or swap (a "
-                                         "partner's view replaces an image's key view with --swap-prob)."),
+    pair_mode: str | None = typer.Option(None, help="How pairs join: extra (SePP-ID extra samples; the default, but "
+                                         "inbatch for simclr), swap (a partner's view replaces an image's key view "
+                                         "with --swap-prob), multi (MoCo: queued partner keys are positives) or inbatch "
+                                         "(half of each batch are partners of the other half, and positives in the "
+                                         "loss; simclr or moco)."),
     swap_prob: float | None = typer.Option(None, help="swap mode: chance an image with partners takes one (default 0.5)."),
     pair_weight: float | None = typer.Option(None, help="Loss weight of pair samples (default 1.0)."),
     pair_warmup: float | None = typer.Option(None, help="Share of the step budget before pairs join (default 0)."),
@@ -53,8 +58,9 @@ def train_command(
     config: Path | None = typer.Option(None, help="YAML config; flags override its keys."),
     as_json: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
 ) -> None:
-    """Train MoCo-v2 or SimSiam, optionally with semantic pairs and ReCo; resumes from RUN/checkpoint.pt."""
+    """Train MoCo-v2, SimSiam or SimCLR, optionally with semantic pairs and ReCo; resumes from RUN/checkpoint.pt."""
     from semipairs.config import load_config
+    from semipairs.console import note
     from semipairs.console import out as console
     from training.trainer import TrainConfig, train
 
@@ -64,7 +70,7 @@ def train_command(
                  decode_budget_gb=decode_budget_gb, pair_mode=pair_mode, swap_prob=swap_prob, pair_weight=pair_weight,
                  pair_warmup=pair_warmup, max_steps=max_steps, compile=compile, seed=seed, out=out)
     cfg = load_config(TrainConfig, config, flags)
-    metrics = train(cfg, progress=not as_json)
+    metrics = train(cfg, progress=not as_json, log=note)
     last = metrics["epochs"][-1] if metrics["epochs"] else {}
     summary = {"out": str(cfg.out), "epochs": len(metrics["epochs"]), "loss": last.get("loss"), "knn_top1": last.get("knn_top1")}
     if as_json:
@@ -88,17 +94,21 @@ def eval_command(
     """kNN (k=200, T=0.07) and optional linear-probe top-1 of a checkpoint's backbone."""
     import torch
 
+    from semipairs.console import note
     from semipairs.console import out as console
-    from semipairs.precision import resolve_precision
+    from semipairs.precision import precision_note, select_for_inference
     from semipairs.sources import open_source
     from training.checkpoint import load_backbone
     from training.evaluate import evaluate_backbone
 
     model, spec, _ = load_backbone(checkpoint)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    chosen = select_for_inference(precision, device, model, spec.image_size, key=f"eval:{spec.arch}:cifar_stem={spec.cifar_stem}")
+    if text := precision_note(chosen):
+        note(text)
     res = evaluate_backbone(model.to(device), open_source(train_src), open_source(test_src), spec.image_size,
-                            linear=linear, k=k, num_workers=num_workers, device=device,
-                            precision=resolve_precision(precision, device), progress=not as_json)
+                            linear=linear, k=k, num_workers=num_workers, device=device, precision=chosen,
+                            progress=not as_json)
     if as_json:
         sys.stdout.write(json.dumps(res.to_dict()) + "\n")
     else:

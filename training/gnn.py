@@ -1,7 +1,7 @@
 """The GNN encoder of the refinement phase and the two things that keep it O(N*k) in memory: neighbour
 sampling for training mini-batches and layer-wise inference over all nodes in chunks.
 
-Layers are torch_geometric's GCNConv (default), SAGEConv or GATConv, 2 by default, with a jumping-knowledge
+Layers are torch_geometric's SAGEConv (refine's default), GCNConv or GATConv, 2 by default, with a jumping-knowledge
 max over the layer outputs. GCN gets its symmetric normalisation precomputed on the *whole* graph and
 passed as edge weights (sampled edges rescaled by degree / sampled count, an unbiased estimate of the full
 sum), so a mini-batch and the full-graph inference compute the same function. torch_geometric's own

@@ -1,4 +1,4 @@
-"""The training loop for MoCo-v2 and SimSiam, with semantic pairs (SePP-ID) and ReCo as options.
+"""The training loop for MoCo-v2, SimSiam and SimCLR, with semantic pairs (SePP-ID) and ReCo as options.
 
 Where the source fits the decode budget, images are decoded once (``semipairs.decoded``) and every batch
 is gathered from that array and augmented as a batch (``batch_augment``): no DataLoader workers, the
@@ -7,17 +7,19 @@ cores go to the model. Larger sources stream through DataLoader workers and the 
 Writes ``RUN/checkpoint.pt`` (every epoch, atomically), ``RUN/metrics.json`` (per-epoch loss and kNN
 top-1) and ``RUN/config.yaml``. A run resumes from its checkpoint and continues the same run: model,
 momentum encoder, queue, optimizer, schedule, epoch and RNG states. Under torchrun it trains with DDP
-(SyncBatchNorm, MoCo keys all-gathered into every rank's queue).
+(SyncBatchNorm on GPUs, MoCo keys all-gathered into every rank's queue). Precision is chosen by a check of one
+step (``semipairs.precision``); a non-finite loss or gradient stops the run before the optimizer applies it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -33,9 +35,10 @@ from tqdm.auto import tqdm
 from semipairs.atomic import write_text
 from semipairs.dataset import PairDataset
 from semipairs.decoded import DecodedImages, budget_from_gb, decode_source
-from semipairs.dist import distributed
-from semipairs.errors import SemipairsError
-from semipairs.precision import Precision, resolve_precision
+from semipairs.dist import broadcast_object, distributed
+from semipairs.errors import DivergedError, SemipairsError
+from semipairs.lock import exclusive
+from semipairs.precision import Precision, precision_note, select_precision, training_probe
 from semipairs.sources import open_source
 from semipairs.sources.base import ImageSource
 from training.augment import RECIPES
@@ -46,12 +49,13 @@ from training.checkpoint import backbone_checkpoint, load_checkpoint, rng_state,
 from training.data import SePPViews, check_pair_keys
 from training.evaluate import evaluate_backbone
 from training.moco import MoCo
+from training.simclr import SimCLR
 from training.simsiam import SimSiam
 
 
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    method: Literal["moco", "simsiam"] = "moco"
+    method: Literal["moco", "simsiam", "simclr"] = "moco"
     data: str
     out: Path
     pairs: str | None = Field(None, description="pair dataset (path or hf:// id) whose pairs join each epoch")
@@ -79,18 +83,27 @@ class TrainConfig(BaseModel):
     num_workers: int = 2
     device: str | None = None
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bf16 autocast + channels_last where the CPU (avx512_bf16/AMX) or GPU has it natively")
+        "auto", description="auto: the faster of fp32 and bf16 (with or without channels_last) where the CPU "
+        "(avx512_bf16/AMX) or GPU has bf16 natively, each bf16 option checked against fp32 on one step first; fp32 elsewhere")
     decode_budget_gb: float | None = Field(None, ge=0, description="decode the source once into a memory-mapped uint8 "
                                            "array when it fits this many GB (default a quarter of RAM; 0: always stream)")
-    pair_mode: Literal["extra", "swap", "multi"] = Field(
-        "extra", description="extra: pairs are extra samples (SePP-ID); swap: a partner's view replaces an image's key "
-        "view; multi: queued keys of partners are extra positives (MoCo). swap and multi need the decoded path")
+    pair_mode: Literal["extra", "swap", "multi", "inbatch"] | None = Field(
+        None, description="default: inbatch for simclr, extra otherwise. extra: pairs are extra samples (SePP-ID); "
+        "swap: a partner's view replaces an image's key view; multi: queued keys of partners are extra positives (MoCo); "
+        "inbatch: each batch is half anchors, half one partner of each, and partners in the batch are positives "
+        "(simclr, moco). swap, multi and inbatch need the decoded path")
     swap_prob: float = Field(0.5, ge=0, le=1, description="swap mode: chance an image with partners takes one as its key")
     pair_weight: float = Field(1.0, ge=0, description="loss weight of pair samples relative to same-image samples")
     pair_warmup: float = Field(0.0, ge=0, lt=1, description="share of the step budget before pairs join (decoded path)")
     compile: bool = False
     seed: int = 0
     resume: bool = True
+
+    @model_validator(mode="after")
+    def _default_pair_mode(self) -> TrainConfig:
+        if self.pair_mode is None:
+            self.pair_mode = "inbatch" if self.method == "simclr" else "extra"
+        return self
 
 
 def _seed_all(seed: int) -> None:
@@ -106,6 +119,8 @@ def build_model(cfg: TrainConfig) -> tuple[nn.Module, BackboneSpec]:
         weights = (cfg.reco_global_weight, cfg.reco_local_weight) if cfg.reco else (0.0, 0.0)
         model: nn.Module = MoCo(backbone, dim, cfg.proj_dim, queue_size=cfg.queue_size, momentum=cfg.moco_momentum,
                                 temperature=cfg.temperature, reco_global_weight=weights[0], reco_local_weight=weights[1])
+    elif cfg.method == "simclr":
+        model = SimCLR(backbone, dim, cfg.proj_dim, temperature=cfg.temperature)
     else:
         model = SimSiam(backbone, dim)
     return model, spec
@@ -223,7 +238,6 @@ def setup(cfg: TrainConfig, rank: int, world: int, progress: bool = False) -> Ru
     if device.startswith("cuda") and world > 1:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
         torch.cuda.set_device(device)
-    precision = resolve_precision(cfg.precision, device)
     _seed_all(cfg.seed + rank)
     source = open_source(cfg.data)
     pairs = None
@@ -234,10 +248,13 @@ def setup(cfg: TrainConfig, rank: int, world: int, progress: bool = False) -> Ru
     data = build_data(cfg, source, pairs, rank, world, device.startswith("cuda"), progress)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)  # only once the data proved readable
     model, spec = build_model(cfg)
-    if cfg.pair_mode == "multi" and pairs is not None:
-        if cfg.method != "moco":
-            raise SemipairsError("--pair-mode multi needs --method moco (positives are found in its queue)")
-        model.set_partners(torch.from_numpy(data.pairs.anchor), torch.from_numpy(data.pairs.positive), len(data.decoded))
+    if cfg.pair_mode in ("multi", "inbatch") and pairs is not None:
+        if cfg.method not in ({"moco"} if cfg.pair_mode == "multi" else {"moco", "simclr"}):
+            raise SemipairsError(f"--pair-mode {cfg.pair_mode} needs --method moco" + (
+                " (positives are found in its queue)" if cfg.pair_mode == "multi" else " or simclr (SimSiam has no negatives)"))
+        model.set_partners(torch.from_numpy(data.pairs.anchor), torch.from_numpy(data.pairs.positive), len(data.decoded),
+                           mode=cfg.pair_mode)
+    precision = broadcast_object(choose_training_precision(cfg, model, device))
     model = precision.prepare_model(model.to(device))
     lr = cfg.lr * cfg.batch_size * world / 256
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr, momentum=0.9,
@@ -253,7 +270,18 @@ def setup(cfg: TrainConfig, rank: int, world: int, progress: bool = False) -> Ru
     if cfg.compile:
         train_model = torch.compile(train_model)
     return Run(cfg, rank, world, device, precision, model, train_model, spec, optimizer, scheduler, data, total,
-               {"method": cfg.method, "precision": precision.name, "data_path": type(data).__name__, "epochs": []})
+               {"method": cfg.method, "precision": precision.label, "precision_reason": precision.reason,
+                "data_path": type(data).__name__, "epochs": []})
+
+
+def choose_training_precision(cfg: TrainConfig, model: nn.Module, device: str) -> Precision:
+    """``select_precision`` on one step of this very model (8 images of each view at the run's size)."""
+    gen = torch.Generator().manual_seed(0)
+    views = [torch.randn(8, 3, cfg.image_size, cfg.image_size, generator=gen) for _ in range(2)]
+    probe = training_probe(model, views, device, lambda m, xs: m(xs[0], xs[1])[0])
+    names = ["loss"] + [n for n, q in model.named_parameters() if q.requires_grad]
+    key = f"train:{cfg.method}:{cfg.backbone}:cifar_stem={cfg.cifar_stem}:reco={cfg.reco}:{cfg.image_size}px"
+    return select_precision(cfg.precision, device, probe, key=key, model=model, names=names)
 
 
 def resume(run: Run) -> None:
@@ -269,8 +297,10 @@ def resume(run: Run) -> None:
     run.scheduler.load_state_dict(state["scheduler"])
     run.start = int(state["epoch"])
     set_rng_state(state["rng"])
-    if (run.out / "metrics.json").exists():
-        previous = json.loads((run.out / "metrics.json").read_text())
+    if "metrics_epochs" in state:  # the rows of the epochs this checkpoint holds, written with it
+        run.metrics["epochs"] = json.loads(state["metrics_epochs"])[: run.start]
+    elif (run.out / "metrics.json").exists():  # checkpoints of earlier releases: a kill between the two writes
+        previous = json.loads((run.out / "metrics.json").read_text())  # could leave metrics.json one epoch behind
         run.metrics["epochs"] = previous["epochs"][: run.start]
 
 
@@ -283,29 +313,32 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
     bar = tqdm(total=min(steps, run.total - epoch * steps), desc=f"epoch {epoch + 1}/{_final_epoch(run)}",
                disable=not progress or run.rank != 0, unit="step")
     first = None
-    for step, (v1, v2, kind, rows) in enumerate(run.data.batches(epoch, warmup)):
-        if step >= steps or epoch * steps + step >= run.total:
-            break
-        if step == 1:
-            first = time.perf_counter() - t0  # loader start-up and the first step: left out of the steady rate
-        weights = None if cfg.pair_weight == 1.0 else torch.where(kind == PAIR, cfg.pair_weight, 1.0).to(run.device)
-        v1 = run.precision.prepare_input(v1.to(run.device, non_blocking=True))
-        v2 = run.precision.prepare_input(v2.to(run.device, non_blocking=True))
-        with run.precision.autocast():
-            loss, parts, keys = run.train_model(v1, v2, weights, rows)
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        run.optimizer.step()
-        run.scheduler.step()
-        if keys is not None:
-            run.model.enqueue(keys.float(), rows)
-        losses.append(float(loss.detach()))
-        pairs_seen += int((kind == PAIR).sum())
-        for k, v in parts.items():
-            parts_sum[k] = parts_sum.get(k, 0.0) + v
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        bar.update(1)
-    bar.close()
+    try:  # the bar ends its line even when a step raises: the error then starts a line of its own
+        for step, (v1, v2, kind, rows) in enumerate(run.data.batches(epoch, warmup)):
+            if step >= steps or epoch * steps + step >= run.total:
+                break
+            if step == 1:
+                first = time.perf_counter() - t0  # loader start-up and the first step: left out of the steady rate
+            weights = None if cfg.pair_weight == 1.0 else torch.where(kind == PAIR, cfg.pair_weight, 1.0).to(run.device)
+            v1 = run.precision.prepare_input(v1.to(run.device, non_blocking=True))
+            v2 = run.precision.prepare_input(v2.to(run.device, non_blocking=True))
+            with run.precision.autocast():
+                loss, parts, keys = run.train_model(v1, v2, weights, rows)
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            require_finite(run, epoch * steps + step, loss)
+            run.optimizer.step()
+            run.scheduler.step()
+            if keys is not None:
+                run.model.enqueue(keys.float(), rows)
+            losses.append(float(loss.detach()))
+            pairs_seen += int((kind == PAIR).sum())
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            bar.update(1)
+    finally:
+        bar.close()
     seconds = time.perf_counter() - t0
     steady = (len(losses) - 1) * cfg.batch_size / (seconds - first) if first is not None and seconds > first else None
     return {"epoch": epoch + 1, "loss": float(np.mean(losses)), "step_losses": losses,
@@ -314,14 +347,34 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
             "lr": run.scheduler.get_last_lr()[0]}
 
 
+def _diverged(run: Run, what: str) -> DivergedError:
+    saved = run.out / "checkpoint.pt"
+    kept = f"{saved} still holds the last good epoch" if saved.exists() else "no checkpoint was written"
+    hint = "--precision fp32" if run.precision.bf16 else "a lower --lr"
+    return DivergedError(f"training diverged: {what} under precision {run.precision.label} (lr {run.cfg.lr}); {kept}; "
+                         f"try {hint}" + (" or a lower --lr" if run.precision.bf16 else ""))
+
+
+def require_finite(run: Run, step: int, loss: torch.Tensor) -> None:
+    """Stop at the first non-finite loss or gradient, before the optimizer applies it (step counts from 1)."""
+    if not bool(torch.isfinite(loss.detach())):
+        raise _diverged(run, f"loss is {float(loss.detach())} at step {step + 1}")
+    grads = [p.grad for p in run.model.parameters() if p.grad is not None]
+    if grads and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+        raise _diverged(run, f"a gradient is not finite at step {step + 1}")
+
+
 def save(run: Run, epoch: int) -> None:
-    """Checkpoint and metrics, each written atomically (rank 0 only)."""
+    """Checkpoint and metrics, each written atomically (rank 0 only); non-finite weights are never written."""
     cfg, model = run.cfg, run.model
+    if not all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()):
+        raise _diverged(run, f"the weights are not finite at the end of epoch {epoch + 1}")
     save_checkpoint(run.out / "checkpoint.pt", backbone_checkpoint(
         model.backbone, run.spec, method=cfg.method,
         teacher=backbone_state(model.backbone_k) if cfg.method == "moco" else None,
         model=model.state_dict(), optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
-        epoch=epoch + 1, rng=rng_state(), config=cfg.model_dump(mode="json")))
+        epoch=epoch + 1, rng=rng_state(), config=cfg.model_dump(mode="json"),
+        metrics_epochs=json.dumps(run.metrics["epochs"])))
     write_text(run.out / "metrics.json", json.dumps(run.metrics, indent=1))
 
 
@@ -330,25 +383,34 @@ def _final_epoch(run: Run) -> int:
     return min(run.cfg.epochs, -(-run.total // run.data.steps))
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
-    """Train ``cfg.method`` (resuming from ``cfg.out/checkpoint.pt`` when present); the metrics written."""
+def train(cfg: TrainConfig, progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Train ``cfg.method`` (resuming from ``cfg.out/checkpoint.pt`` when present); the metrics written.
+    Rank 0 holds ``cfg.out``'s lock for the run (a second job into it is refused). ``log`` receives notes for
+    the user (the precision check's, when it refused a configuration)."""
     with distributed() as (rank, world):
-        run = setup(cfg, rank, world, progress)
-        resume(run)
+        lock = exclusive(cfg.out, "training into this run directory") if rank == 0 else contextlib.nullcontext()
+        with lock:
+            return _run(cfg, rank, world, progress, log)
+
+
+def _run(cfg: TrainConfig, rank: int, world: int, progress: bool, log: Callable[[str], None] | None) -> dict[str, Any]:
+    run = setup(cfg, rank, world, progress)
+    if log is not None and rank == 0 and (text := precision_note(run.precision)):
+        log(text)
+    resume(run)
+    if rank == 0:
+        write_text(run.out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    eval_src = (open_source(cfg.eval_train), open_source(cfg.eval_test)) if cfg.eval_train and cfg.eval_test else None
+    final = _final_epoch(run)
+    end = final if cfg.stop_after is None else min(final, run.start + cfg.stop_after)
+    for epoch in range(run.start, end):
+        row = train_epoch(run, epoch, progress)
+        monitor = cfg.knn_every and (epoch + 1) % cfg.knn_every == 0
+        if eval_src and rank == 0 and (monitor or epoch + 1 == final):
+            row["knn_top1"] = evaluate_backbone(run.model.backbone, *eval_src, cfg.image_size, k=cfg.knn_k,
+                                                num_workers=cfg.num_workers, device=run.device, precision=run.precision,
+                                                decode_budget=budget_from_gb(cfg.decode_budget_gb)).knn_top1
+        run.metrics["epochs"].append(row)
         if rank == 0:
-            write_text(run.out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
-        eval_src = (open_source(cfg.eval_train), open_source(cfg.eval_test)) if cfg.eval_train and cfg.eval_test else None
-        final = _final_epoch(run)
-        end = final if cfg.stop_after is None else min(final, run.start + cfg.stop_after)
-        for epoch in range(run.start, end):
-            row = train_epoch(run, epoch, progress)
-            monitor = cfg.knn_every and (epoch + 1) % cfg.knn_every == 0
-            if eval_src and rank == 0 and (monitor or epoch + 1 == final):
-                row["knn_top1"] = evaluate_backbone(run.model.backbone, *eval_src, cfg.image_size, k=cfg.knn_k,
-                                                    num_workers=cfg.num_workers, device=run.device,
-                                                    precision=run.precision,
-                                                    decode_budget=budget_from_gb(cfg.decode_budget_gb)).knn_top1
-            run.metrics["epochs"].append(row)
-            if rank == 0:
-                save(run, epoch)
-        return run.metrics
+            save(run, epoch)
+    return run.metrics
