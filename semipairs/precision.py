@@ -222,8 +222,8 @@ def select_precision(requested: str, device: str, probe: Callable[[Precision], S
     timings: dict[str, float] = {}
     timing = requested == "auto"  # an explicit bf16 takes the first that agrees: nothing to time
 
-    def run(p: Precision, first: Callable[[], Sequence[torch.Tensor]] | None = None) -> Sequence[torch.Tensor]:
-        out = first() if first else probe(p)  # the first call pays for kernel creation; the second is timed
+    def run(p: Precision) -> Sequence[torch.Tensor]:
+        out = probe(p)  # the first call pays for kernel creation; the second, warm, is the one timed
         if timing:
             sync = torch.cuda.synchronize if p.device_type == "cuda" else (lambda: None)  # GPU kernels run async
             sync()
@@ -235,14 +235,17 @@ def select_precision(requested: str, device: str, probe: Callable[[Precision], S
 
     fp32 = options[-1]
     with watch_unit_maps(model if model is not None else nn.Module()) as unit_maps:
-        reference = run(fp32, lambda: probe(fp32))
+        reference = run(fp32)
     refused, passed = [], []
     for p in options[:-1]:
         if p.channels_last and unit_maps:
             refused.append(f"{p.label}: a convolution sees a 1x1 map (a layout oneDNN gets wrong)")
             continue
         why = agreement(reference, run(p), names)
-        (refused.append(f"{p.label}: {why}") if why else passed.append(p))
+        if why:
+            refused.append(f"{p.label}: {why}")
+        else:
+            passed.append(p)
         if passed and not timing:
             break
     if not timing:
