@@ -111,6 +111,13 @@ def resolve_precision(name: str, device: str) -> Precision:
     return candidates(name, device)[0]
 
 
+def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
+    """True when every element of every tensor is finite: one fused max-abs per tensor and one sync, so a training
+    loop can afford it every step (the max of |x| is finite exactly when every element is; it cannot overflow)."""
+    tensors = [t for t in tensors if t is not None]
+    return not tensors or bool(torch.isfinite(torch.stack(torch._foreach_norm(tensors, ord=math.inf))).all())
+
+
 def full_precision(device_type: str) -> contextlib.AbstractContextManager:
     """Autocast switched off: losses and similarity matrices run in fp32 inside a bf16 forward."""
     return torch.autocast(device_type, enabled=False)
@@ -295,8 +302,8 @@ def inference_probe(model: nn.Module, inputs: torch.Tensor, device: str) -> Call
 
 def select_for_inference(requested: str, device: str, model: nn.Module, image_size: int, key: str) -> Precision:
     """``select_precision`` for a feature extractor at ``image_size`` (eval, curate, refine)."""
-    if len(candidates(requested, device)) == 1:
-        return candidates(requested, device)[0]
+    if len(options := candidates(requested, device)) == 1:
+        return options[0]
     x = torch.randn(8, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     return select_precision(requested, device, inference_probe(model, x, device), key=f"{key}@{image_size}",
                             model=model)

@@ -83,8 +83,7 @@ def plan_epoch(ok: np.ndarray, pairs: PairRows | None, *, seed: int, epoch: int,
         offsets, nbrs = pairs.partners(len(ok))
         degree = offsets[rows + 1] - offsets[rows]
         swap = (degree > 0) & (rng.random(len(rows)) < swap_prob * pair_ratio)
-        pick = offsets[rows[swap]] + (rng.random(int(swap.sum())) * degree[swap]).astype(np.int64)
-        b[swap] = nbrs[pick]
+        b[swap] = _random_partner(offsets, nbrs, rows[swap], rng)
         kind[swap] = PAIR
     if pairs is not None and len(pairs) and mode == "inbatch":
         yield from _inbatch(rows, pairs, len(ok), rng, rank, world, batch_size, steps)
@@ -93,6 +92,12 @@ def plan_epoch(ok: np.ndarray, pairs: PairRows | None, *, seed: int, epoch: int,
     for s in range(steps):
         sel = order[s * batch_size:(s + 1) * batch_size]
         yield Batch(a[sel], b[sel], kind[sel], index[sel])
+
+
+def _random_partner(offsets: np.ndarray, nbrs: np.ndarray, rows: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One uniformly drawn partner of each row (every row has at least one) from the CSR pair graph."""
+    degree = offsets[rows + 1] - offsets[rows]
+    return nbrs[offsets[rows] + (rng.random(len(rows)) * degree).astype(np.int64)]
 
 
 def _inbatch(rows: np.ndarray, pairs: PairRows, n: int, rng: np.random.Generator, rank: int, world: int,
@@ -106,8 +111,7 @@ def _inbatch(rows: np.ndarray, pairs: PairRows, n: int, rng: np.random.Generator
         degree = offsets[a + 1] - offsets[a]
         has = degree > 0
         partner = rng.choice(rows, size=len(a))  # stand-ins for anchors without partners
-        pick = offsets[a[has]] + (rng.random(int(has.sum())) * degree[has]).astype(np.int64)
-        partner[has] = nbrs[pick]
+        partner[has] = _random_partner(offsets, nbrs, a[has], rng)
         fill = rng.choice(rows, size=batch_size - 2 * len(a))  # an odd batch size: one plain image more
         batch = np.concatenate([a, partner, fill])
         kind = np.concatenate([np.zeros(len(a), np.int8), has.astype(np.int8), np.zeros(len(fill), np.int8)]) * PAIR
@@ -116,7 +120,7 @@ def _inbatch(rows: np.ndarray, pairs: PairRows, n: int, rng: np.random.Generator
 
 def samples_per_epoch(ok: np.ndarray, pairs: PairRows | None, mode: str, pair_ratio: float) -> int:
     """Samples an epoch plans (``inbatch``: every image once as an anchor, each with a partner: twice as many)."""
-    if pairs is not None and mode == "inbatch":
+    if pairs is not None and len(pairs) and mode == "inbatch":  # as plan_epoch: no pairs, a plain epoch
         return 2 * int(ok.sum())
     extra = int(round(len(pairs) * pair_ratio)) if pairs is not None and mode == "extra" else 0
     return int(ok.sum()) + extra

@@ -91,8 +91,7 @@ class MoCo(nn.Module):
         with full_precision(q.device.type):
             queue = self.queue.clone().detach()
             if self.graph.ready and rows is not None and self.pair_mode == "inbatch":
-                r = rows.to(q.device)
-                own = (r[:, None] == r[None, :]) | self.graph.mask(r, r).to(q.device)
+                own = self.graph.same_kind(rows).to(q.device)
                 queued = self.partner_mask(rows).to(q.device)
                 positive = torch.cat([own, torch.zeros_like(queued)], dim=1)
                 valid = torch.cat([torch.ones_like(own), ~queued], dim=1)

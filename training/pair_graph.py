@@ -31,3 +31,8 @@ class PairGraph(nn.Module):
         codes = rows_q[:, None] * self.num_rows + rows_k[None, :]
         at = torch.searchsorted(self.codes, codes).clamp_(max=len(self.codes) - 1)
         return (self.codes[at] == codes) & (rows_q[:, None] >= 0) & (rows_k[None, :] >= 0)
+
+    def same_kind(self, rows: torch.Tensor) -> torch.Tensor:
+        """(B, B) bool over a batch's images: the same image (also one drawn twice) or known partners."""
+        rows = rows.to(self.codes.device).long()
+        return (rows[:, None] == rows[None, :]) | self.mask(rows, rows)

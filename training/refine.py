@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from semipairs.atomic import atomic_write
 from semipairs.errors import DivergedError
 from semipairs.lock import exclusive
-from semipairs.precision import precision_note, select_for_inference
+from semipairs.precision import all_finite, precision_note, select_for_inference
 from semipairs.sources import open_source
 from training.checkpoint import backbone_from_state, load_checkpoint, save_checkpoint
 from training.evaluate import extract_features, knn_top1
@@ -162,8 +162,7 @@ def train_gnn(x: dict[str, torch.Tensor], graphs: dict[str, KnnGraph], cfg: Refi
             loss = byol_loss(predictor(z["student"]), y["teacher"]) + byol_loss(predictor(z["teacher"]), y["student"])
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            if not bool(torch.isfinite(loss.detach())) or not all(bool(torch.isfinite(q.grad).all())
-                                                                    for q in params if q.grad is not None):
+            if not all_finite([loss.detach(), *(q.grad for q in params)]):
                 raise DivergedError(f"refinement diverged at step {step + 1}: the loss or a gradient is not finite "
                                     f"(lr {cfg.lr}); nothing was written; try fewer --epochs or a lower lr")
             opt.step()

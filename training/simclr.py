@@ -22,9 +22,8 @@ from training.pair_graph import PairGraph
 def view_masks(rows: torch.Tensor | None, graph: PairGraph, b: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(positive, valid) over the 2B views [view 1 of each image; view 2 of each image]."""
     same = torch.eye(b, dtype=torch.bool, device=device)
-    if rows is not None and graph.ready:  # partners, and the same image drawn twice into one batch
-        rows = rows.to(device)
-        same = same | (rows[:, None] == rows[None, :]) | graph.mask(rows, rows).to(device)
+    if rows is not None and graph.ready:
+        same = same | graph.same_kind(rows).to(device)
     positive = same.repeat(2, 2) & ~torch.eye(2 * b, dtype=torch.bool, device=device)
     return positive, ~torch.eye(2 * b, dtype=torch.bool, device=device)
 

@@ -38,7 +38,7 @@ from semipairs.decoded import DecodedImages, budget_from_gb, decode_source
 from semipairs.dist import broadcast_object, distributed
 from semipairs.errors import DivergedError, SemipairsError
 from semipairs.lock import exclusive
-from semipairs.precision import Precision, precision_note, select_precision, training_probe
+from semipairs.precision import Precision, all_finite, precision_note, select_precision, training_probe
 from semipairs.sources import open_source
 from semipairs.sources.base import ImageSource
 from training.augment import RECIPES
@@ -310,10 +310,10 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
     run.model.train()
     losses, parts_sum, pairs_seen, t0 = [], {}, 0, time.perf_counter()
     warmup = int(cfg.pair_warmup * run.total)
-    bar = tqdm(total=min(steps, run.total - epoch * steps), desc=f"epoch {epoch + 1}/{_final_epoch(run)}",
-               disable=not progress or run.rank != 0, unit="step")
     first = None
-    try:  # the bar ends its line even when a step raises: the error then starts a line of its own
+    # the bar ends its line even when a step raises: the error then starts a line of its own
+    with tqdm(total=min(steps, run.total - epoch * steps), desc=f"epoch {epoch + 1}/{_final_epoch(run)}",
+              disable=not progress or run.rank != 0, unit="step") as bar:
         for step, (v1, v2, kind, rows) in enumerate(run.data.batches(epoch, warmup)):
             if step >= steps or epoch * steps + step >= run.total:
                 break
@@ -326,19 +326,17 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
                 loss, parts, keys = run.train_model(v1, v2, weights, rows)
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            require_finite(run, epoch * steps + step, loss)
+            losses.append(float(loss.detach()))
+            require_finite(run, epoch * steps + step, losses[-1])
             run.optimizer.step()
             run.scheduler.step()
             if keys is not None:
                 run.model.enqueue(keys.float(), rows)
-            losses.append(float(loss.detach()))
             pairs_seen += int((kind == PAIR).sum())
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
             bar.update(1)
-    finally:
-        bar.close()
     seconds = time.perf_counter() - t0
     steady = (len(losses) - 1) * cfg.batch_size / (seconds - first) if first is not None and seconds > first else None
     return {"epoch": epoch + 1, "loss": float(np.mean(losses)), "step_losses": losses,
@@ -350,24 +348,23 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
 def _diverged(run: Run, what: str) -> DivergedError:
     saved = run.out / "checkpoint.pt"
     kept = f"{saved} still holds the last good epoch" if saved.exists() else "no checkpoint was written"
-    hint = "--precision fp32" if run.precision.bf16 else "a lower --lr"
+    hint = "--precision fp32 or a lower --lr" if run.precision.bf16 else "a lower --lr"
     return DivergedError(f"training diverged: {what} under precision {run.precision.label} (lr {run.cfg.lr}); {kept}; "
-                         f"try {hint}" + (" or a lower --lr" if run.precision.bf16 else ""))
+                         f"try {hint}")
 
 
-def require_finite(run: Run, step: int, loss: torch.Tensor) -> None:
+def require_finite(run: Run, step: int, loss: float) -> None:
     """Stop at the first non-finite loss or gradient, before the optimizer applies it (step counts from 1)."""
-    if not bool(torch.isfinite(loss.detach())):
-        raise _diverged(run, f"loss is {float(loss.detach())} at step {step + 1}")
-    grads = [p.grad for p in run.model.parameters() if p.grad is not None]
-    if grads and not bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()):
+    if not math.isfinite(loss):
+        raise _diverged(run, f"loss is {loss} at step {step + 1}")
+    if not all_finite([p.grad for p in run.model.parameters()]):
         raise _diverged(run, f"a gradient is not finite at step {step + 1}")
 
 
 def save(run: Run, epoch: int) -> None:
     """Checkpoint and metrics, each written atomically (rank 0 only); non-finite weights are never written."""
     cfg, model = run.cfg, run.model
-    if not all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point()):
+    if not all_finite([t for t in model.state_dict().values() if t.is_floating_point()]):
         raise _diverged(run, f"the weights are not finite at the end of epoch {epoch + 1}")
     save_checkpoint(run.out / "checkpoint.pt", backbone_checkpoint(
         model.backbone, run.spec, method=cfg.method,
