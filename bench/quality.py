@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=600, help="optimizer steps per run (0: use --epochs)")
     ap.add_argument("--epochs", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=0.06, help="base LR for batch 256 (train --lr), scaled linearly")
     ap.add_argument("--cifar-stem", action="store_true")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--k", type=int, default=10)
@@ -101,7 +102,7 @@ def main() -> None:
                           epochs=args.epochs, max_steps=args.steps or None, batch_size=args.batch_size, image_size=32,
                           cifar_stem=args.cifar_stem,
                           num_workers=args.workers, seed=seed, pair_mode=args.pair_mode, swap_prob=args.swap_prob,
-                          pair_weight=args.pair_weight, pair_warmup=args.pair_warmup)
+                          pair_weight=args.pair_weight, pair_warmup=args.pair_warmup, lr=args.lr)
         t = time.perf_counter()
         m = train(cfg, progress=True)
         seconds = time.perf_counter() - t
@@ -115,7 +116,7 @@ def main() -> None:
 
     seeds = [int(s) for s in args.seeds.split(",")]
     setting = {"train_images": args.train_images, "test_images": args.test_images, "backbone": "resnet18",
-               "cifar_stem": args.cifar_stem, "image_size": 32, "batch_size": args.batch_size, "steps": args.steps,
+               "cifar_stem": args.cifar_stem, "image_size": 32, "batch_size": args.batch_size, "steps": args.steps, "lr": args.lr,
                "method": args.method, "pair_mode": args.pair_mode, "swap_prob": args.swap_prob, "pair_weight": args.pair_weight,
                "pair_warmup": args.pair_warmup, "pair_ratio": args.pair_ratio, "knn": {"k": 200, "temperature": 0.07}}
     setting["random_init_knn"] = random_init_knn(train_src, test_src, args)

@@ -50,7 +50,11 @@ def render_card(m: Manifest, license: str = "other", audit_summary: str | None =
         lines.append(f"| score p05 / p50 / p95 | {q['p05']:.3f} / {q['p50']:.3f} / {q['p95']:.3f} |")
     if s.label_precision is not None:
         lines.append(f"| label precision | {s.label_precision:.1%} |")
+    if m.parent is not None:
+        lines.append(f"| parent | {m.parent.name} {m.parent.version} (`{m.parent.content_hash[:16]}`) |")
     lines += ["", f"content_hash: `{m.content_hash}`", ""]
+    if m.review is not None:
+        lines += ["## Review", "", _review(m), ""]
     if audit_summary:
         lines += ["## Audit", "", audit_summary, ""]
     lines += [
@@ -64,6 +68,20 @@ def render_card(m: Manifest, license: str = "other", audit_summary: str | None =
         "",
     ]
     return DatasetCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines)).content
+
+
+def _review(m: Manifest) -> str:
+    """What the person's judgments of the reviewed version said, and how this version was cut from it."""
+    r = m.review
+    est = (f"estimated precision {r.precision:.1%} (95% interval {r.low:.1%} - {r.high:.1%}; {r.method})"
+           if r.precision is not None else "no precision estimate (no pair judged same or different)")
+    text = (f"Cut from version {r.reviewed_version} after {r.judged} judged pairs ({r.same} same kind, {r.different} "
+            f"different, {r.unsure} can't tell{f', {r.disputed} disputed' if r.disputed else ''}; reviewers: "
+            f"{', '.join(r.reviewers) or '-'}): {est}. {r.rejected} pairs judged different were removed")
+    if r.threshold is not None:
+        kept = f" (estimated precision of the rest {r.kept_precision:.1%})" if r.kept_precision is not None else ""
+        text += f"; {r.cut} pairs scoring below {r.threshold:.4f} were cut to reach {r.target_precision:.0%}{kept}"
+    return text + "."
 
 
 def _recall(m: Manifest) -> str:

@@ -141,6 +141,27 @@ class ParentRef(_Model):
     content_hash: str
 
 
+class ReviewRecord(_Model):
+    """How a version derived from a reviewed one was cut: the judgments behind it and the estimate they gave."""
+
+    reviewed_version: str
+    judged: int = Field(ge=0, description="pairs judged same or different")
+    same: int = Field(ge=0)
+    different: int = Field(ge=0)
+    unsure: int = Field(ge=0)
+    disputed: int = Field(0, ge=0, description="pairs reviewers disagreed on (left out of the estimate)")
+    reviewers: list[str] = Field(default_factory=list)
+    precision: float | None = Field(None, ge=0.0, le=1.0, description="estimated share of same-kind pairs")
+    low: float | None = Field(None, ge=0.0, le=1.0, description="95% interval, lower end")
+    high: float | None = Field(None, ge=0.0, le=1.0, description="95% interval, upper end")
+    method: str = "stratified by score band, Wilson interval at the effective sample size"
+    rejected: int = Field(0, ge=0, description="pairs judged different, removed")
+    target_precision: float | None = None
+    threshold: float | None = Field(None, description="score below which pairs were cut, when a target was given")
+    cut: int = Field(0, ge=0, description="pairs removed by the threshold")
+    kept_precision: float | None = Field(None, description="estimated precision of the pairs kept")
+
+
 class Manifest(_Model):
     format: Literal["semipairs"] = FORMAT_NAME
     format_version: int = FORMAT_VERSION
@@ -156,6 +177,7 @@ class Manifest(_Model):
     stats: Stats
     files: list[FileEntry]
     parent: ParentRef | None = None
+    review: ReviewRecord | None = None
     content_hash: str
 
     @field_validator("name")

@@ -38,6 +38,7 @@ from semipairs.manifest import (
     Manifest,
     MiningInfo,
     ParentRef,
+    ReviewRecord,
     SkippedImage,
     SourceInfo,
     check_name,
@@ -67,6 +68,10 @@ class PublishRequest:
     index: IndexInfo = field(default_factory=lambda: IndexInfo(factory="external", metric="external"))
     mining: MiningInfo = field(default_factory=lambda: MiningInfo(strategy="external"))
     parent: ParentRef | None = None
+    # A version derived from another (a reviewed cut) keeps its parent's source record as it is: its own
+    # source then only serves the images, and the counts stay those of the images the pairs came from.
+    source_info: SourceInfo | None = None
+    review: ReviewRecord | None = None
     config: dict[str, Any] | None = None
     skipped: list[Skipped] = field(default_factory=list)  # images already found unreadable (e.g. while embedding)
     shard_size: int = 5000
@@ -179,24 +184,26 @@ def _write(req: PublishRequest, root: Path) -> Manifest:
         raise PairsError(f"no pair left: every pair has an unreadable image ({len(reader.bad)} unreadable)")
     files = [_write_table(root, final, labels, reader.pos)] + shard_files
     skipped = reader.bad  # the known unreadable images plus those found now
+    source = req.source_info or SourceInfo(
+        uri=src.spec,
+        fingerprint=src.fingerprint(),
+        num_images=len(src) - len(skipped),
+        has_labels=src.has_labels,
+        skipped=[SkippedImage(key=k, reason=r) for k, r in sorted(skipped.items())],
+    )
     manifest = Manifest(
         name=req.name,
         version=req.version,
         created_with=f"semipairs {__version__}",
         layout=req.layout,
-        source=SourceInfo(
-            uri=src.spec,
-            fingerprint=src.fingerprint(),
-            num_images=len(src) - len(skipped),
-            has_labels=src.has_labels,
-            skipped=[SkippedImage(key=k, reason=r) for k, r in sorted(skipped.items())],
-        ),
+        source=source,
         encoder=req.encoder,
         index=req.index,
         mining=req.mining,
-        stats=compute_stats(final, len(src) - len(skipped), reencoded),
+        stats=compute_stats(final, source.num_images, reencoded),
         files=files,
         parent=req.parent,
+        review=req.review,
         content_hash=content_hash((f.path, f.sha256) for f in files),
     )
     _write_docs(req, root, manifest)

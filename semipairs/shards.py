@@ -134,3 +134,51 @@ def split_sample(sample: dict[str, Any]) -> tuple[bytes, bytes, dict[str, Any]]:
         elif k.startswith("positive."):
             positive = v
     return anchor, positive, json.loads(sample["json"])
+
+
+class ShardIndex:
+    """Random access to the images of an embedded version, by pair id and role (``anchor`` / ``positive``).
+
+    Each shard's tar headers are read once, on first use (the standard library's ``tarfile``, no member
+    data), and an image is then one seek and one read: a review page or a derived version touches a few
+    pairs of a large dataset without streaming every shard.
+    """
+
+    def __init__(self, shards: list[tuple[Path, int]]) -> None:
+        self.shards = shards
+        self._starts = [0]
+        for _, n in shards:
+            self._starts.append(self._starts[-1] + n)
+        self._members: dict[int, dict[tuple[str, str], tuple[int, int, str]]] = {}
+
+    def _shard_of(self, pair_id: int) -> int:
+        import bisect
+
+        s = bisect.bisect_right(self._starts, pair_id) - 1
+        if pair_id < 0 or s >= len(self.shards):
+            raise KeyError(pair_id)
+        return s
+
+    def _index(self, s: int) -> dict[tuple[str, str], tuple[int, int, str]]:
+        if s not in self._members:
+            import tarfile
+
+            path = self.shards[s][0]
+            try:
+                with tarfile.open(path, "r:") as tar:
+                    parts = ((m, m.name.split(".", 2)) for m in tar if m.isfile())
+                    self._members[s] = {(p[0], p[1]): (m.offset_data, m.size, p[2]) for m, p in parts if len(p) == 3}
+            except (OSError, tarfile.TarError) as exc:
+                raise ShardReadError(f"{path}: cannot index shard: {type(exc).__name__}: {exc}") from None
+        return self._members[s]
+
+    def read(self, pair_id: int, role: str) -> tuple[bytes, str]:
+        """(encoded bytes, extension) of one side of a pair; KeyError for a pair id the shards lack."""
+        s = self._shard_of(pair_id)
+        offset, size, ext = self._index(s)[(pair_key(pair_id), role)]
+        with open(self.shards[s][0], "rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+        if len(data) != size:
+            raise ShardReadError(f"{self.shards[s][0]}: member {pair_key(pair_id)}.{role}.{ext} is cut off")
+        return data, ext
