@@ -163,6 +163,87 @@ def pull(
         out.print(f"{m.name} {m.version}: {m.stats.num_pairs} pairs, content_hash {m.content_hash}", soft_wrap=True)
 
 
+@app.command(epilog="Example: semipairs review store/photo-pairs   (then: semipairs review store/photo-pairs --publish 1.1.0 "
+                     "--target-precision 0.9)")
+def review(
+    path: str = typer.Argument(..., help="A version directory, STORE/NAME (newest version) or hf://OWNER/NAME[@REV]."),
+    version: str | None = typer.Option(None, help="Version to review under STORE/NAME."),
+    source: str | None = typer.Option(None, help="Image source of a 'reference' dataset (its images are not in it)."),
+    reviewer: str = typer.Option("reviewer", help="Your name: judgments go to REVIEWS/NAME.jsonl (two reviewers, two files)."),
+    reviews: Path | None = typer.Option(None, help="Judgment directory (default STORE/NAME/reviews/VERSION)."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on (the page is for this machine only by default)."),
+    port: int = typer.Option(0, min=0, max=65535, help="Port (0: a free one)."),
+    no_browser: bool = typer.Option(False, "--no-browser", help="Print the address without opening a browser."),
+    bands: int = typer.Option(5, min=1, max=50, help="Score bands the order and the estimate are stratified by."),
+    seed: int = typer.Option(0, help="Seed of the review order."),
+    publish: str | None = typer.Option(None, help="Publish this new version without the rejected pairs, then exit."),
+    target_precision: float | None = typer.Option(None, min=0.01, max=1.0, help="With --publish: also cut the pairs "
+                                                  "below the score threshold estimated to reach this precision."),
+    store: Path | None = typer.Option(None, help="With --publish: store for the new version (default the reviewed one's)."),
+    show_estimate: bool = typer.Option(False, "--estimate", help="Print the precision estimate and exit."),
+    as_json: bool = typer.Option(False, "--json", help="With --estimate or --publish: print JSON."),
+) -> None:
+    """Judge pairs in a local web page and estimate the dataset's precision; publish a version without the rejects.
+
+    Keys on the page: s same kind, d different, u can't tell, space skip, z undo, g grid of 12 (click the
+    wrong ones). The estimate (95% interval) is stratified by score band and updates after each judgment."""
+    from semipairs.dataset import load
+    from semipairs.review import estimate, publish_reviewed, reviews_dir
+
+    ds = load(path, version)
+    folder = reviews or reviews_dir(ds)
+    if publish:
+        new = publish_reviewed(ds, publish, folder, store, target_precision, source, bands, progress=not as_json)
+        r = load(new).manifest.review
+        if as_json:
+            _print_json({"path": str(new), "review": r.model_dump()})
+        else:
+            out.print(f"published {ds.manifest.name} {publish} at {new}: {r.rejected} rejected, {r.cut} cut below the "
+                      f"threshold; parent {ds.manifest.version}", soft_wrap=True, highlight=False)
+        return
+    if show_estimate:
+        _show_estimate(estimate(ds, folder, bands), folder, as_json)
+        return
+    _serve_review(ds, folder, reviewer, source, seed, bands, store, host, port, not no_browser)
+
+
+def _show_estimate(est: Any, folder: Path, as_json: bool) -> None:
+    if as_json:
+        _print_json(est.to_dict())
+        return
+    pct = (lambda x: "-" if x is None else f"{x:.1%}")
+    out.print(f"precision {pct(est.precision)} (95% interval {pct(est.low)} - {pct(est.high)}) from {est.judged} pairs "
+              f"judged in {folder} ({est.unsure} can't tell, {est.disputed} disputed, {est.repeats} asked twice)",
+              soft_wrap=True, highlight=False)
+    t = Table("band", "scores", "pairs", "judged", "precision", "95% interval")
+    for b in est.bands:
+        t.add_row(str(b.band + 1), f"{b.low_score:.3f} - {b.high_score:.3f}", str(b.size), str(b.judged), pct(b.precision),
+                  f"{pct(b.low)} - {pct(b.high)}")
+    out.print(t)
+
+
+def _serve_review(ds: Any, folder: Path, reviewer: str, source: str | None, seed: int, bands: int, store: Path | None,
+                  host: str, port: int, browser: bool) -> None:
+    import webbrowser
+
+    from semipairs.review_app import ReviewSession, bind, serve
+
+    session = ReviewSession(ds, folder, reviewer, source, seed, bands, store)
+    sock = bind(host, port)
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{sock.getsockname()[1]}/?token={session.token}"
+    out.print(f"review {ds.manifest.name} {ds.manifest.version}: {url}", soft_wrap=True, highlight=False)
+    out.print(f"judgments go to {session.log.path}; keys s / d / u / space / z; Ctrl-C stops (nothing is lost)",
+              soft_wrap=True, highlight=False)
+    sys.stdout.flush()
+    if browser:
+        webbrowser.open(url)
+    try:
+        serve(session, sock)
+    except KeyboardInterrupt:
+        pass
+
+
 def _register_optional() -> None:
     """Commands of the curation and training packages register themselves (their modules stay light)."""
     import importlib

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from semipairs.dataset import PairDataset
 
 VERDICTS = ("same", "different", "unsure", "skip")
+MIN_REPEATS = 10  # pairs asked twice before the reviewer's error rate is corrected for
 Z95 = 1.959963984540054
 LOG_SUFFIX = ".jsonl"
 
@@ -295,8 +296,9 @@ class Consistency:
     agree: int
 
     def error_rates(self) -> tuple[float, float, float] | None:
-        """(e, e_low, e_high) from the disagreement share and its Wilson interval; None without repeats."""
-        if not self.repeats:
+        """(e, e_low, e_high) from the disagreement share and its Wilson interval; None below MIN_REPEATS (one
+        or two repeats say little about e, and would only widen the interval)."""
+        if self.repeats < MIN_REPEATS:
             return None
         d = 1 - self.agree / self.repeats
         d_lo, d_hi = wilson(d, self.repeats)

@@ -56,3 +56,25 @@ def ring_pairs(keys: list[str], path: Path, step: int = 1) -> Path:
     )
     df.to_csv(path, index=False)
     return path
+
+
+def labelled_pairs(folder: Path, tmp: Path, n_pairs: int = 240, precision: float = 0.75, seed: int = 0) -> Path:
+    """An embedded pair set of ``folder``'s real images (``cifar_folder``): ``n_pairs`` pairs, ``precision`` of
+    them of the same class, the right ones scoring higher on average (as mined pairs do). Its version dir."""
+    import numpy as np
+
+    from semipairs.pack import pack
+    from semipairs.sources import open_source
+
+    src = open_source(f"imagefolder:{folder}")
+    keys, cls = src.keys(), src.labels()
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in rng.permutation(len(keys))[:n_pairs]:
+        same = rng.random() < precision
+        pool = [j for j in range(len(keys)) if (cls[j] == cls[i]) == same and j != i]
+        j = int(rng.choice(pool))
+        rows.append((keys[i], keys[j], round(float(rng.normal(0.8 if same else 0.6, 0.1)), 4)))
+    csv = tmp / "pairs.csv"
+    pd.DataFrame(rows, columns=["anchor_key", "positive_key", "score"]).to_csv(csv, index=False)
+    return pack(f"imagefolder:{folder}", csv, tmp / "store", "cifar-pairs", "1.0.0", progress=False)

@@ -7,12 +7,10 @@ import json
 import tarfile
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from semipairs.dataset import load
 from semipairs.errors import SemipairsError
-from semipairs.pack import pack
 from semipairs.review import (
     Consistency,
     Judgments,
@@ -31,7 +29,7 @@ from semipairs.review import (
     wilson,
 )
 from semipairs.verify import verify_version
-from tests.conftest import CIFAR_DIR
+from tests.conftest import CIFAR_DIR, labelled_pairs
 
 
 def test_bands_are_equal_and_the_order_visits_them_alike():
@@ -78,28 +76,12 @@ def test_consistency_correction_inverts_a_known_error_rate():
     p, lo, hi = c.correct(0.74, 0.70, 0.78)  # answers 0.9 * 0.8 + 0.1 * 0.2 = 0.74 for a true 0.8
     assert p == pytest.approx(0.8, abs=1e-6) and lo < 0.8 < hi
     assert Consistency(0, 0).correct(0.7, 0.6, 0.8) == (0.7, 0.6, 0.8)
+    assert Consistency(9, 9).correct(0.7, 0.6, 0.8) == (0.7, 0.6, 0.8)  # too few repeats to say
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory, cifar_folder):
-    """An embedded pair set of 300 real CIFAR-10 images: 240 pairs, 3 in 4 of the same class, the right
-    ones scoring higher on average."""
-    tmp = tmp_path_factory.mktemp("review")
-    from semipairs.sources import open_source
-
-    src = open_source(f"imagefolder:{cifar_folder}")
-    keys, cls = src.keys(), src.labels()
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in rng.permutation(len(keys))[:240]:
-        same = rng.random() < 0.75
-        pool = [j for j in range(len(keys)) if (cls[j] == cls[i]) == same and j != i]
-        j = int(rng.choice(pool))
-        rows.append((keys[i], keys[j], round(float(rng.normal(0.8 if same else 0.6, 0.1)), 4)))
-    csv = tmp / "pairs.csv"
-    pd.DataFrame(rows, columns=["anchor_key", "positive_key", "score"]).to_csv(csv, index=False)
-    path = pack(f"imagefolder:{cifar_folder}", csv, tmp / "store", "cifar-pairs", "1.0.0", progress=False)
-    return load(path)
+    return load(labelled_pairs(cifar_folder, tmp_path_factory.mktemp("review")))
 
 
 def truth(ds) -> np.ndarray:
