@@ -3,6 +3,7 @@ never imports torch; ``curate`` loads the curation package only when it runs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -211,7 +212,9 @@ def _show_estimate(est: Any, folder: Path, as_json: bool) -> None:
     if as_json:
         _print_json(est.to_dict())
         return
-    pct = (lambda x: "-" if x is None else f"{x:.1%}")
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1%}"
+
     out.print(f"precision {pct(est.precision)} (95% interval {pct(est.low)} - {pct(est.high)}) from {est.judged} pairs "
               f"judged in {folder} ({est.unsure} can't tell, {est.disputed} disputed, {est.repeats} asked twice)",
               soft_wrap=True, highlight=False)
@@ -238,10 +241,8 @@ def _serve_review(ds: Any, folder: Path, reviewer: str, source: str | None, seed
     sys.stdout.flush()
     if browser:
         webbrowser.open(url)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):  # every judgment is already on disk
         serve(session, sock)
-    except KeyboardInterrupt:
-        pass
 
 
 def _register_optional() -> None:

@@ -375,6 +375,7 @@ class Estimate:
     high: float
     bands: list[BandEstimate]
     repeats: int = 0  # pairs asked twice (consistency checks)
+    repeat_agree: int = 0
     repeat_agreement: float | None = None
     error_rate: float | None = None  # the reviewer error rate the repeats imply (corrected for, when > 0)
     method: str = METHOD
@@ -408,7 +409,8 @@ def estimate_scores(scores: np.ndarray, reviews: list[Judgments], n_bands: int =
     rates = check.error_rates()
     return Estimate(len(bands.band), int(judged.sum()), int(counts.get("same", 0)), int(counts.get("different", 0)),
                     int(counts.get("unsure", 0)), len(skipped), disputed, [r.reviewer for r in reviews], p, lo, hi, rows,
-                    check.repeats, check.agree / check.repeats if check.repeats else None, rates[0] if rates else None)
+                    check.repeats, check.agree, check.agree / check.repeats if check.repeats else None,
+                    rates[0] if rates else None)
 
 
 def _band_counts(bands: Bands, merged: dict[int, str]) -> tuple[np.ndarray, np.ndarray]:
@@ -420,15 +422,15 @@ def _band_counts(bands: Bands, merged: dict[int, str]) -> tuple[np.ndarray, np.n
     return same, judged
 
 
-def threshold_for(ds: PairDataset, est: Estimate, target: float, reviews: list[Judgments] | None = None) -> Cut | None:
+def threshold_for(ds: PairDataset, est: Estimate, target: float) -> Cut | None:
     """The lowest score threshold (a band's lowest score) whose kept bands reach ``target`` estimated
-    precision; None when not even the top band does."""
+    precision (with the estimate's own reviewer-error correction); None when not even the top band does."""
     if not 0 < target <= 1:
         raise ReviewError(f"target precision {target}: expected a share in (0, 1], e.g. 0.9")
     sizes = np.array([b.size for b in est.bands])
     same = np.array([b.same for b in est.bands])
     judged = np.array([b.judged for b in est.bands])
-    check = consistency(reviews or [])
+    check = Consistency(est.repeats, est.repeat_agree)
     best = None
     for h in range(len(est.bands)):
         p, lo, hi = check.correct(*stratified(same[: h + 1], judged[: h + 1], sizes[: h + 1]))
@@ -468,7 +470,7 @@ def publish_reviewed(ds: PairDataset, version: str, reviews: str | Path | None =
     t = ds.table
     keep = ~t["pair_id"].isin([pid for pid, v in merged.items() if v == "different"]).to_numpy()
     rejected = int((~keep).sum())
-    cut = threshold_for(ds, est, target, judgments) if target is not None else None
+    cut = threshold_for(ds, est, target) if target is not None else None
     if target is not None and cut is None:
         raise ReviewError(f"no score threshold reaches precision {target:.0%}: even the top score band is estimated "
                           "below it (judge more pairs, or lower --target-precision)")

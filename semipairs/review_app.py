@@ -12,6 +12,7 @@ import math
 import secrets
 import socket
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,7 @@ class ReviewSession:
     def state(self, target: float | None = None) -> dict[str, Any]:
         reviews = read_reviews(self.reviews, self.ds)
         est = estimate(self.ds, reviews, self.n_bands)
-        cut = threshold_for(self.ds, est, target, reviews) if target else None
+        cut = threshold_for(self.ds, est, target) if target else None
         mine = self._mine()
         m = self.ds.manifest
         return _clean({
@@ -129,7 +130,7 @@ def make_app(session: ReviewSession):
     from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 
-    from semipairs.review_page import PAGE
+    page_html = (resources.files("semipairs") / "review_page.html").read_text(encoding="utf-8")
 
     def allowed(request: Request) -> bool:
         got = request.headers.get("x-review-token") or request.query_params.get("token", "")
@@ -148,7 +149,7 @@ def make_app(session: ReviewSession):
     async def page(request: Request) -> Response:
         if not allowed(request):
             return HTMLResponse("<p>Open the address <code>semipairs review</code> printed (it carries a token).</p>", 403)
-        return HTMLResponse(PAGE.replace("__TOKEN__", session.token))
+        return HTMLResponse(page_html.replace("__TOKEN__", session.token))
 
     async def state(request: Request) -> Response:
         t = request.query_params.get("target")
