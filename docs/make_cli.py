@@ -3,7 +3,7 @@
 import os
 import subprocess
 
-COMMANDS = ["pack", "info", "verify", "push", "pull", "curate", "audit", "train", "eval", "refine", "quickstart"]
+COMMANDS = ["pack", "info", "verify", "push", "pull", "review", "curate", "audit", "train", "eval", "refine", "quickstart"]
 
 print("# CLI reference\n\nGenerated from `semipairs COMMAND --help` (regenerate: `python docs/make_cli.py > docs/cli.md`).\n")
 for c in COMMANDS:

@@ -446,6 +446,27 @@ def threshold_for(ds: PairDataset, est: Estimate, target: float) -> Cut | None:
     return Cut(thr, len(kept), coverage, p, lo, hi)
 
 
+def simulated_review(scores: np.ndarray, right: np.ndarray, n: int, seed: int = 0, error: float = 0.0,
+                     repeat_every: int = 0, n_bands: int = 5) -> Judgments:
+    """A reviewer who answers from known truth (``right``: is pair i the same kind?) along the page's order,
+    wrong with probability ``error`` on each answer, asking an earlier pair again every ``repeat_every``-th
+    answer. The estimator's own check (its interval's coverage), and a way to plan how many judgments a
+    wanted interval width costs."""
+    rng = np.random.default_rng(seed + 10_000)
+    order = review_order(score_bands(scores, n_bands), seed)
+    j = Judgments("simulated")
+
+    def answer(pid: int) -> str:
+        return "same" if bool(right[pid]) != (rng.random() < error) else "different"
+
+    for i, pid in enumerate(order[:n].tolist()):
+        j.history.append((pid, answer(pid)))
+        if repeat_every and (i + 1) % repeat_every == 0:
+            again = int(order[rng.integers(0, i + 1)])
+            j.repeats.append((again, answer(again)))
+    return j
+
+
 # ---------------------------------------------------------------- publish
 
 

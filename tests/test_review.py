@@ -13,7 +13,6 @@ from semipairs.dataset import load
 from semipairs.errors import SemipairsError
 from semipairs.review import (
     Consistency,
-    Judgments,
     ReviewError,
     ReviewLog,
     estimate,
@@ -24,6 +23,7 @@ from semipairs.review import (
     review_order,
     reviews_dir,
     score_bands,
+    simulated_review,
     stratified,
     threshold_for,
     wilson,
@@ -140,26 +140,6 @@ def test_two_reviewers_merge_and_disputes_are_left_out(dataset, tmp_path):
     assert est.reviewers == ["ann", "bob"] and est.disputed == 1 and est.judged == 3
 
 
-def simulate(scores: np.ndarray, right: np.ndarray, n: int, seed: int, error: float = 0.0,
-             repeat_every: int = 0) -> Judgments:
-    """A reviewer answering from the labels along the page's order, wrong with probability ``error``; every
-    ``repeat_every``-th answer asks an earlier pair again, as the page does."""
-    rng = np.random.default_rng(seed + 10_000)
-    order = review_order(score_bands(scores), seed)
-    j = Judgments("sim")
-
-    def answer(pid: int) -> str:
-        ok = bool(right[pid]) != (rng.random() < error)
-        return "same" if ok else "different"
-
-    for i, pid in enumerate(order[:n].tolist()):
-        j.history.append((pid, answer(pid)))
-        if repeat_every and (i + 1) % repeat_every == 0:
-            again = int(order[rng.integers(0, i + 1)])
-            j.repeats.append((again, answer(again)))
-    return j
-
-
 def cifar_label_pairs(precision: float, n_pairs: int = 5000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Scores and same-class truth of pairs built from the real CIFAR-10 test labels (the tar's class
     folders) at a set precision; right pairs score higher on average, as mined pairs do."""
@@ -188,7 +168,7 @@ def test_interval_covers_the_true_label_precision(precision):
     for error, repeat_every in [(0.0, 0), (0.1, 4)]:
         hits, widths = 0, []
         for seed in range(200):
-            est = estimate_scores(scores, [simulate(scores, right, 100, seed, error, repeat_every)])
+            est = estimate_scores(scores, [simulated_review(scores, right, 100, seed, error, repeat_every)])
             hits += est.low <= true <= est.high
             widths.append(est.high - est.low)
         assert 0.90 <= hits / 200 <= 0.995, (precision, error, hits)
