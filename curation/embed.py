@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from curation.encoders import Encoder
 from curation.vectors import EmbeddingError, Embeddings
+from semipairs import faults
 from semipairs.atomic import atomic_write, write_text
 from semipairs.decoded import DecodedImages, decode_source
 from semipairs.dist import rank_world
@@ -73,6 +74,7 @@ def _chunk_path(cache: Path, c: int) -> Path:
 def _write_chunk(path: Path, vectors: np.ndarray, ok: np.ndarray, reasons: dict[int, str]) -> None:
     with atomic_write(path) as f:  # unique temp per writer: two runs sharing a cache never collide
         np.savez(f, vectors=vectors, ok=ok, reasons=np.array(json.dumps(reasons)))
+    faults.point("embed.chunk")
 
 
 def embed_source(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -26,8 +26,9 @@ from semipairs.config import read_yaml
 from semipairs.dataset import PairDataset
 from semipairs.decoded import budget_from_gb, default_budget_bytes
 from semipairs.errors import SemipairsError
+from semipairs.lock import exclusive
 from semipairs.manifest import EncoderInfo, IndexInfo, MiningInfo, check_name, check_version
-from semipairs.publish import PublishRequest, new_version_dir, publish
+from semipairs.publish import PublishRequest, new_version_dir, publish, version_dir
 from semipairs.sources import open_source
 from semipairs.sources.base import ImageSource
 
@@ -182,12 +183,16 @@ def curate(cfg: CurateConfig, progress: bool = True) -> CurateResult:
             raise SemipairsError(f"--embeddings: {cfg.source} brings its own embeddings; give one or the other")
     cfg = cfg.model_copy(update={"layout": cfg.layout or ("embedded" if source.has_images else "reference")})
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torch is imported only for a torchrun group
-        from semipairs.dist import distributed
+    # one writer per version: a second curate (or pack) of it is refused before it embeds anything
+    target = version_dir(cfg.store, cfg.name, cfg.version)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    with exclusive(target, f"publishing {cfg.name} {cfg.version}") if rank0 else nullcontext():
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torch is imported only for a torchrun group
+            from semipairs.dist import distributed
 
-        with distributed() as (rank, _):
-            return _curate(cfg, source, rank, progress)
-    return _curate(cfg, source, 0, progress)
+            with distributed() as (rank, _):
+                return _curate(cfg, source, rank, progress)
+        return _curate(cfg, source, 0, progress)
 
 
 def _embeddings(cfg: CurateConfig, source: ImageSource, progress: bool) -> tuple[Embeddings, EncoderInfo]:

@@ -52,3 +52,15 @@ def write_text(path: str | Path, text: str) -> None:
 def write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_write(path) as f:
         f.write(data)
+
+
+def remove_stale_temps(path: str | Path) -> int:
+    """Remove the temp files ``atomic_write`` leaves beside ``path`` when its writer is killed; call it only
+    while holding ``path``'s lock (no live writer then). Returns how many went."""
+    path = Path(path)
+    n = 0
+    for old in path.parent.glob(f".{path.name}.*.tmp"):
+        with contextlib.suppress(OSError):
+            old.unlink()
+            n += 1
+    return n

@@ -58,6 +58,7 @@ class PairDataset:
         from semipairs.torch_data import PairIterable
 
         if self.manifest.layout == "embedded":
+            self._check_shard_sizes()  # a shard is read only up to what the manifest promises
             shards = [(str(self.path / f.path), f.samples or 0) for f in self.manifest.shard_files()]
             return PairIterable(shards, transform=transform, decode=decode)
         if source is None:

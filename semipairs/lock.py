@@ -46,7 +46,8 @@ def _holder(path: Path) -> dict | None:
 
 @contextlib.contextmanager
 def exclusive(target: str | Path, what: str) -> Iterator[Path]:
-    """Hold the lock of ``target`` for the block (``what`` names the work in the refusal message)."""
+    """Hold the lock of ``target`` for the block (``what`` names the work in the refusal message). Re-entrant
+    within one process: a block nested in one that holds the lock (curate around its publish) just runs."""
     path = lock_path(target)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,6 +61,9 @@ def exclusive(target: str | Path, what: str) -> Iterator[Path]:
             holder = _holder(path)
             if holder is None:
                 continue  # released between our two looks
+            if holder.get("host") == me["host"] and holder.get("pid") == me["pid"]:
+                yield path  # held by an outer block of this process, which releases it
+                return
             if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _alive(holder["pid"]):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()  # stale: its writer is gone

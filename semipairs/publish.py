@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import shutil
 import uuid
 from collections import deque
@@ -23,10 +24,11 @@ import yaml
 from PIL import Image
 from tqdm.auto import tqdm
 
-from semipairs import __version__
+from semipairs import __version__, faults
 from semipairs.card import render_card
 from semipairs.errors import PairsError, StoreError
 from semipairs.hashing import content_hash, sha256_file
+from semipairs.lock import exclusive
 from semipairs.manifest import (
     CARD_NAME,
     MANIFEST_NAME,
@@ -152,6 +154,21 @@ def publish(req: PublishRequest) -> Path:
     if req.pairs.empty:
         raise PairsError("no pairs to publish")
     target.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(target, f"publishing {req.name} {req.version}"):
+        new_version_dir(req.store, req.name, req.version)  # the holder before us may just have published it
+        _remove_stale_temps(target)
+        return _publish_locked(req, target)
+
+
+def _remove_stale_temps(target: Path) -> None:
+    """Temp dirs of this version left by a killed writer: under the version's lock, none can be live."""
+    mine = re.compile(rf"\.tmp-{re.escape(target.name)}-[0-9a-f]{{8}}")  # not 1.0.0-rc.1's for 1.0.0
+    for old in target.parent.glob(f".tmp-{target.name}-*"):
+        if mine.fullmatch(old.name):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _publish_locked(req: PublishRequest, target: Path) -> Path:
     tmp = target.parent / f".tmp-{req.version}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -162,6 +179,7 @@ def publish(req: PublishRequest) -> Path:
         report = verify_version(tmp, manifest, samples=False)  # shards just streamed and hashed by the writer
         if not report.ok:
             raise StoreError(f"{target}: verification before publishing failed: {report.problems[0]}")
+        faults.point("publish.rename")
         try:
             os.rename(tmp, target)  # atomic; fails if a concurrent publish won the race
         except OSError as exc:
@@ -253,6 +271,8 @@ def _write_shards(req: PublishRequest, root: Path, reader: _ImageReader, pairs: 
             with _writing(writer.current):
                 writer.write(pair_id, images[0], images[1], sample_meta(meta))
             pair_id += 1
+            if pair_id == len(pairs) // 2:
+                faults.point("publish.shards")
     finally:
         chunks.close()
         if writer is not None:
@@ -298,6 +318,7 @@ def _write_docs(req: PublishRequest, root: Path, manifest: Manifest) -> None:
         summary = req.audit(root) if req.audit is not None else None
     with _writing(CARD_NAME):
         (root / CARD_NAME).write_text(render_card(manifest, req.license, summary), encoding="utf-8")
+    faults.point("publish.manifest")
     if req.config is not None:
         with _writing("config.yaml"):
             (root / "config.yaml").write_text(yaml.safe_dump(req.config, sort_keys=False, allow_unicode=True),

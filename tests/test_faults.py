@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from semipairs.dataset import load
 from semipairs.errors import StoreError
 from semipairs.lock import exclusive, lock_path
 
@@ -103,3 +104,83 @@ def test_a_failed_write_names_the_file_and_publishes_nothing(cifar_folder: Path,
     assert len(errors) == 1 and f"{store / 'ring' / '1.0.0' / 'data' / 'pairs-000000.tar'}: write failed (File too large)" \
         in errors[0], r.stderr
     assert [p.name for p in (store / "ring").iterdir()] == []  # no temp directory, no version
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "semipairs.cli", *args]
+
+
+def _killed_at(point: str, cmd: list[str]) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "SEMIPAIRS_KILL_AT": point})
+    assert r.returncode == -signal.SIGKILL, (point, r.returncode, r.stderr[-2000:])
+    return r
+
+
+@pytest.mark.parametrize("moment", ["publish.shards", "publish.manifest", "publish.rename"])
+def test_pack_killed_at_any_moment_shows_no_version_and_runs_again(cifar_folder: Path, tmp_path: Path, moment: str) -> None:
+    """SIGKILL half-way through the shards, after the manifest, just before the rename: no reader sees a
+    version; the same command run again cleans the killed one's temp dir and lock and publishes."""
+    from semipairs.dataset import list_versions
+    from semipairs.sources import open_source
+    from tests.conftest import ring_pairs
+
+    src = f"imagefolder:{cifar_folder}"
+    csv = ring_pairs(open_source(src).keys(), tmp_path / "p.csv")
+    store = tmp_path / "store"
+    cmd = _cli("pack", "--source", src, "--pairs", str(csv), "--store", str(store), "--name", "ring", "--version", "1.0.0",
+               "--shard-size", "50")
+    _killed_at(moment, cmd)
+    left = sorted(p.name for p in (store / "ring").iterdir())
+    assert left[0] == ".1.0.0.lock" and left[1].startswith(".tmp-1.0.0-") and len(left) == 2  # what the kill left
+    assert list_versions(store / "ring") == []
+    with pytest.raises(StoreError, match="no published version here"):
+        load(store / "ring")
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in (store / "ring").iterdir()) == ["1.0.0"]  # temp and stale lock gone
+    assert load(store / "ring").verify().ok
+
+
+def test_a_second_publisher_of_one_version_is_refused(cifar_folder: Path, tmp_path: Path) -> None:
+    from semipairs.publish import version_dir
+    from semipairs.sources import open_source
+    from tests.conftest import ring_pairs
+
+    src = f"imagefolder:{cifar_folder}"
+    csv = ring_pairs(open_source(src).keys(), tmp_path / "p.csv")
+    store = tmp_path / "store"
+    with exclusive(version_dir(store, "ring", "1.0.0"), "publishing ring 1.0.0"):
+        for cmd in (_cli("pack", "--source", src, "--pairs", str(csv), "--store", str(store), "--name", "ring"),
+                    _cli("curate", "--source", src, "--store", str(store), "--name", "ring", "--version", "1.0.0",
+                         "--num-workers", "0")):
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+            assert r.returncode == 2 and f"publishing ring 1.0.0 is already running (pid {os.getpid()}" in r.stderr, r.stderr
+    assert not (store / "ring" / "1.0.0").exists()
+
+
+def test_curate_killed_after_an_embedding_chunk_resumes_from_the_cache(cifar_folder: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    (tmp_path / "run.yaml").write_text("chunk_size: 100\n")  # 300 images: three chunks
+    cmd = _cli("curate", "--source", f"imagefolder:{cifar_folder}", "--store", str(store), "--name", "c",
+               "--version", "1.0.0", "--config", str(tmp_path / "run.yaml"), "--num-workers", "0", "--k", "5")
+    _killed_at("embed.chunk", cmd)
+    chunks = list((store / ".cache").rglob("chunk-*.npz"))
+    assert len(chunks) == 1  # the first chunk is on disk, the kill came before the second
+    before = chunks[0].stat().st_mtime_ns
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert chunks[0].stat().st_mtime_ns == before  # reused, not recomputed
+    assert len(list((store / ".cache").rglob("chunk-*.npz"))) == 3
+    assert load(store / "c" / "1.0.0").verify().ok
+
+
+def test_train_killed_while_writing_a_checkpoint_keeps_the_last_good_one(tmp_path: Path) -> None:
+    from training.checkpoint import load_checkpoint
+
+    out = tmp_path / "run"
+    _killed_at("checkpoint.write", _train(out))  # killed during the first save: nothing good yet
+    assert not (out / "checkpoint.pt").exists() and list(out.glob(".checkpoint.pt.*.tmp"))
+    again = subprocess.run(_train(out, epochs=2), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert not list(out.glob(".checkpoint.pt.*.tmp"))  # the killed write's temp is cleaned under the lock
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 2

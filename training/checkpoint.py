@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from semipairs import faults
 from semipairs.atomic import atomic_write
 from training.backbones import BackboneSpec, backbone_state, build_backbone
 
@@ -23,6 +24,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Atomic write (``semipairs.atomic``): a reader never sees half a checkpoint."""
     with atomic_write(path) as f:
         torch.save(state, f)
+        faults.point("checkpoint.write")  # written, not yet renamed over the last good one
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

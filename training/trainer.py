@@ -32,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from semipairs.atomic import write_text
+from semipairs.atomic import remove_stale_temps, write_text
 from semipairs.dataset import PairDataset
 from semipairs.decoded import DecodedImages, budget_from_gb, decode_source
 from semipairs.dist import broadcast_object, distributed
@@ -387,6 +387,9 @@ def train(cfg: TrainConfig, progress: bool = True, log: Callable[[str], None] | 
     with distributed() as (rank, world):
         lock = exclusive(cfg.out, "training into this run directory") if rank == 0 else contextlib.nullcontext()
         with lock:
+            if rank == 0:  # what a killed run left half-written (it never replaced the last good file)
+                for name in ("checkpoint.pt", "metrics.json", "config.yaml"):
+                    remove_stale_temps(Path(cfg.out) / name)
             return _run(cfg, rank, world, progress, log)
 
 
