@@ -245,15 +245,32 @@ def _serve_review(ds: Any, folder: Path, reviewer: str, source: str | None, seed
         serve(session, sock)
 
 
+# The commands each optional package registers: named here so that a package that fails to import still
+# shows its commands, each ending in one line that says why, instead of vanishing from --help.
+OPTIONAL = {"curation.cli": ("curate", "audit", "quickstart"), "training.cli": ("train", "eval", "refine")}
+
+
 def _register_optional() -> None:
     """Commands of the curation and training packages register themselves (their modules stay light)."""
     import importlib
 
-    for module in ("curation.cli", "training.cli"):
+    for module, commands in OPTIONAL.items():
         try:
             importlib.import_module(module).register(app)
-        except ImportError:
-            continue
+        except ImportError as exc:
+            for name in commands:
+                _unavailable(name, module, exc)
+
+
+def _unavailable(name: str, module: str, exc: ImportError) -> None:
+    reason = f"{type(exc).__name__}: {exc}"
+
+    def command() -> None:
+        fail(ImportError(f"semipairs {name} is unavailable: importing {module} failed ({reason}); reinstall with "
+                         "`python3 -m pip install -e .` or install the missing package"))
+
+    command.__doc__ = f"(unavailable: importing {module} failed: {reason})"
+    app.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})(command)
 
 
 _register_optional()

@@ -11,6 +11,7 @@ import pytest
 
 from semipairs.dataset import load
 from semipairs.errors import SemipairsError
+from semipairs.pack import pack
 from semipairs.review import (
     Consistency,
     ReviewError,
@@ -216,3 +217,23 @@ def test_threshold_and_the_published_cut(dataset, tmp_path):
     with pytest.raises(ReviewError, match="no score threshold reaches"):
         publish_reviewed(dataset, "1.2.0", reviews=tmp_path / "nay", target=0.5)
     assert not (dataset.path.parent / "1.2.0").exists()
+
+
+def test_a_reference_dataset_is_reviewed_with_its_source(cifar_folder, tmp_path):
+    from semipairs.review_app import ReviewSession
+    from semipairs.sources import open_source
+    from tests.conftest import ring_pairs
+
+    src = f"imagefolder:{cifar_folder}"
+    ds = load(pack(src, ring_pairs(open_source(src).keys(), tmp_path / "p.csv"), tmp_path / "s", "ref", "1.0.0",
+                   layout="reference", progress=False))
+    with pytest.raises(ReviewError, match="pass --source"):
+        ReviewSession(ds, tmp_path / "reviews")
+    session = ReviewSession(ds, tmp_path / "reviews", source=src)
+    pid = session.next_pairs()[0]["pair_id"]
+    data, kind = session.image(pid, "positive")
+    assert kind == "image/jpeg" and data == open_source(src).read_key(ds.table["positive_key"].iloc[pid]).data
+    session.log.judge(pid, "different")
+    child = load(session.publish("1.0.1", None))
+    assert child.manifest.layout == "reference" and len(child) == len(ds) - 1 and child.verify().ok
+    assert child.manifest.source == ds.manifest.source and child.manifest.review.rejected == 1
