@@ -59,7 +59,8 @@ def main() -> None:
                     hits += est.low <= true <= est.high
                     half.append((est.high - est.low) / 2)
                 rows.append({"true_precision": round(true, 4), "reviewer": name, "judgments": n,
-                             "coverage": round(hits / args.reps, 4), "mean_half_width_points": round(100 * float(np.mean(half)), 2)})
+                             "coverage": round(hits / args.reps, 4),
+                             "mean_half_width_points": round(100 * float(np.mean(half)), 2)})
                 print(rows[-1], flush=True)
     to5 = {}
     for r in rows:
