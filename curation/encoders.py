@@ -118,12 +118,9 @@ def default_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Com
 
 
 def _require(module: str, extra: str = "models"):
-    import importlib
+    from semipairs.extras import require
 
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise EncoderError(f"{module} is not installed: `pip install semipairs[{extra}]`") from exc
+    return require(module, extra)
 
 
 def load_encoder(spec: str, image_size: int | None = None) -> Encoder:

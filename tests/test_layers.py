@@ -64,3 +64,15 @@ def test_a_command_whose_package_fails_to_import_says_so(tmp_path):
            "torch_missing)" in r.stderr
     ok = subprocess.run([*cli, "curate", "--help"], capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
     assert ok.returncode == 0 and "--encoder" in ok.stdout  # the other package is untouched
+
+
+def test_a_missing_extra_names_what_to_install():
+    import pytest
+
+    from semipairs.errors import SemipairsError
+    from semipairs.extras import MissingExtraError, require
+
+    with pytest.raises(MissingExtraError, match=r"no_such_pkg_xyz is not installed .*\[graph\]") as info:
+        require("no_such_pkg_xyz", "graph")
+    assert isinstance(info.value, SemipairsError)  # the CLI ends it in one error line
+    assert require("json", "graph").dumps([1]) == "[1]"

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from semipairs.extras import require
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -27,10 +29,7 @@ class BackboneSpec:
 def build_backbone(spec: BackboneSpec) -> tuple[nn.Module, int]:
     """(backbone without classifier, feature dim)."""
     if spec.arch.startswith("timm:"):
-        try:
-            import timm
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise ImportError("timm backbones need `pip install semipairs[models]`") from exc
+        timm = require("timm", "models")
         model = timm.create_model(spec.arch.removeprefix("timm:"), pretrained=False, num_classes=0)
         return model, int(model.num_features)
     import torchvision

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from semipairs.extras import require
 from training.graphs import KnnGraph
 
 CONVS = ("gcn", "sage", "gat")
@@ -85,7 +86,8 @@ class GNNEncoder(nn.Module):
     def __init__(self, in_dim: int, hidden: int = 256, layers: int = 2, conv: str = "gcn", heads: int = 4,
                  skip: bool = True) -> None:
         super().__init__()
-        from torch_geometric.nn import GATConv, GCNConv, SAGEConv
+        pyg = require("torch_geometric.nn", "graph")
+        GATConv, GCNConv, SAGEConv = pyg.GATConv, pyg.GCNConv, pyg.SAGEConv  # noqa: N806 - the library's names
 
         if conv not in CONVS:
             raise ValueError(f"conv must be one of {CONVS}, not {conv!r}")
