@@ -49,6 +49,7 @@ def exclusive(target: str | Path, what: str) -> Iterator[Path]:
     """Hold the lock of ``target`` for the block (``what`` names the work in the refusal message). Re-entrant
     within one process: a block nested in one that holds the lock (curate around its publish) just runs."""
     path = lock_path(target)
+    made = [d for d in (path.parent, *path.parent.parents) if not d.exists()]  # removed again if left empty
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -84,3 +85,8 @@ def exclusive(target: str | Path, what: str) -> Iterator[Path]:
         if (_holder(path) or {}).get("pid") == me["pid"]:
             with contextlib.suppress(OSError):
                 path.unlink()
+        for d in made:  # innermost first: a failed first run into a new store leaves no empty folders
+            try:
+                d.rmdir()
+            except OSError:
+                break
