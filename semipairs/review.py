@@ -485,6 +485,9 @@ def publish_reviewed(ds: PairDataset, version: str, reviews: str | Path | None =
     from semipairs.sources.pairs import PairImages
 
     m = ds.manifest
+    if store is None and ds.path.resolve().parent.name == "snapshots":
+        raise ReviewError(f"{ds.path} is a download (a Hugging Face cache snapshot), not a store: pass --store DIR "
+                          "for the new version")
     store = Path(store) if store is not None else ds.path.resolve().parent.parent
     new_version_dir(store, m.name, version)  # refuse an existing version before any work
     judgments = read_reviews(reviews_dir(ds) if reviews is None else reviews, ds)
