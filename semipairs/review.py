@@ -490,8 +490,11 @@ def publish_reviewed(ds: PairDataset, version: str, reviews: str | Path | None =
                           "for the new version")
     store = Path(store) if store is not None else ds.path.resolve().parent.parent
     new_version_dir(store, m.name, version)  # refuse an existing version before any work
-    judgments = read_reviews(reviews_dir(ds) if reviews is None else reviews, ds)
+    folder = reviews_dir(ds) if reviews is None else Path(reviews)
+    judgments = read_reviews(folder, ds)
     est = estimate(ds, judgments, n_bands)
+    if est.judged == 0:
+        raise ReviewError(f"{folder}: no pair judged same or different yet; judge some first (semipairs review {ds.path})")
     merged, _ = merge(judgments)
     t = ds.table
     keep = ~t["pair_id"].isin([pid for pid, v in merged.items() if v == "different"]).to_numpy()

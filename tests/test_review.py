@@ -211,6 +211,8 @@ def test_threshold_and_the_published_cut(dataset, tmp_path):
     assert meta["anchor_label"] == int(row["anchor_label"].iloc[0]) and a[:2] == b"\xff\xd8"
     with pytest.raises(SemipairsError, match="already exists"):
         publish_reviewed(dataset, "1.1.0")
+    with pytest.raises(ReviewError, match="no pair judged same or different yet"):
+        publish_reviewed(dataset, "1.2.0", reviews=tmp_path / "empty")
     nay = ReviewLog(tmp_path / "nay", "ann", dataset)
     for pid in order[:10].tolist():
         nay.judge(pid, "different")
