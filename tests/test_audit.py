@@ -108,6 +108,7 @@ def test_curate_writes_the_audit_into_the_version(cifar_folder: Path, tmp_path: 
     assert "## Audit" in card and "label precision" in card
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("notebook", ["audit_pairs.ipynb", "train_with_pairs.ipynb"])
 def test_notebooks_run_top_to_bottom(notebook: str, tmp_path: Path, monkeypatch) -> None:
     nb = nbformat.read(REPO / "notebooks" / notebook, as_version=4)

@@ -217,6 +217,7 @@ def test_cli_yaml_config_flags_override_and_json(cifar_folder: Path, tmp_path: P
     assert r.exit_code == 2 and "'mining.k'" in r.output
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_give_the_same_pairs(cifar_folder: Path, tmp_path: Path) -> None:
     common = ["curate", "--source", f"imagefolder:{cifar_folder}", "--encoder", "pixels", "--store", str(tmp_path / "s"),
               "--k", "5", "--mutual", "--num-workers", "0", "--json"]

@@ -190,6 +190,7 @@ def test_epoch_plans_extra_and_swap_modes() -> None:
     assert len(ranks[0]) == len(ranks[1]) == 6 and len(seen[0]) == len(seen[1]) == 60 and not seen[0] & seen[1]
 
 
+@pytest.mark.slow
 def test_trainer_defaults_to_the_decoded_path_and_keeps_the_streamed_one(folder: Path, tmp_path: Path) -> None:
     src = f"imagefolder:{folder}"
     ref = pack(src, ring_pairs(open_source(src).keys(), tmp_path / "p.csv", step=3), tmp_path / "s", "ref", "1.0.0",

@@ -42,6 +42,7 @@ def test_a_second_writer_is_refused_and_the_holder_keeps_its_output(tmp_path: Pa
     assert [p.name for p in out.iterdir()] == ["mine.txt"] and not lock_path(out).exists()
 
 
+@pytest.mark.slow
 def test_a_run_killed_while_writing_a_checkpoint_keeps_the_last_good_one_and_resumes(tmp_path: Path) -> None:
     """SIGKILL in the middle of the second checkpoint write (epoch 2's, not yet renamed over epoch 1's): the
     epoch-1 checkpoint stays whole, the lock is left stale, and the same command run again takes the lock
@@ -113,6 +114,7 @@ def _killed_at(point: str, cmd: list[str]) -> subprocess.CompletedProcess:
     return r
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("moment", ["publish.shards", "publish.manifest", "publish.rename"])
 def test_pack_killed_at_any_moment_shows_no_version_and_runs_again(cifar_folder: Path, tmp_path: Path, moment: str) -> None:
     """SIGKILL half-way through the shards, after the manifest, just before the rename: no reader sees a
@@ -138,6 +140,7 @@ def test_pack_killed_at_any_moment_shows_no_version_and_runs_again(cifar_folder:
     assert load(store / "ring").verify().ok
 
 
+@pytest.mark.slow
 def test_a_second_publisher_of_one_version_is_refused(cifar_folder: Path, tmp_path: Path) -> None:
     from semipairs.publish import version_dir
     from semipairs.sources import open_source
@@ -155,6 +158,7 @@ def test_a_second_publisher_of_one_version_is_refused(cifar_folder: Path, tmp_pa
     assert not (store / "ring" / "1.0.0").exists()
 
 
+@pytest.mark.slow
 def test_curate_killed_after_an_embedding_chunk_resumes_from_the_cache(cifar_folder: Path, tmp_path: Path) -> None:
     store = tmp_path / "store"
     (tmp_path / "run.yaml").write_text("chunk_size: 100\n")  # 300 images: three chunks

@@ -49,6 +49,7 @@ def digits_version(tmp_path: Path, name: str, version: str, step: int = 2, n: in
     return pack("digits", pairs, tmp_path / f"store-{step}", name, version, shard_size=20, progress=False)
 
 
+@pytest.mark.slow
 def test_push_pull_load_and_datasets(hub, tmp_path: Path) -> None:
     v1 = digits_version(tmp_path, "dig", "1.0.0")
     r = cli(hub, "push", str(v1), "me/dig", "--json")
@@ -93,6 +94,7 @@ def test_push_pull_load_and_datasets(hub, tmp_path: Path) -> None:
     assert both == ["1.1.0", "1.0.0", "1.1.0"]
 
 
+@pytest.mark.slow
 def test_repush_with_other_content_is_refused(hub, tmp_path: Path) -> None:
     assert cli(hub, "push", str(digits_version(tmp_path, "dig", "1.0.0")), "me/dig").returncode == 0
     r = cli(hub, "push", str(digits_version(tmp_path, "dig", "1.0.0", step=3)), "me/dig")
@@ -102,6 +104,7 @@ def test_repush_with_other_content_is_refused(hub, tmp_path: Path) -> None:
     assert len(hub.state.repos[("dataset", "me/dig")].commits) == 2  # nothing was uploaded
 
 
+@pytest.mark.slow
 def test_hub_failures_are_clear_and_nothing_partial_is_kept(hub, tmp_path: Path) -> None:
     assert cli(hub, "push", str(digits_version(tmp_path, "dig", "1.0.0")), "me/dig").returncode == 0
     r = cli(hub, "pull", "me/nothing-here")
@@ -128,6 +131,7 @@ def test_hub_failures_are_clear_and_nothing_partial_is_kept(hub, tmp_path: Path)
     assert r.returncode == 2 and "is not a semipairs dataset" in r.stderr
 
 
+@pytest.mark.slow
 def test_tokens_are_sent_never_shown_and_private_repos_need_them(hub, tmp_path: Path) -> None:
     hub.state.token = TOKEN
     version = digits_version(tmp_path, "dig", "1.0.0")
@@ -152,6 +156,7 @@ def test_tokens_are_sent_never_shown_and_private_repos_need_them(hub, tmp_path: 
             assert not f.is_file() or TOKEN.encode() not in f.read_bytes(), f
 
 
+@pytest.mark.slow
 def test_hf_image_source_feeds_curation(hub, tmp_path: Path) -> None:
     from PIL import Image
     from sklearn.datasets import load_digits

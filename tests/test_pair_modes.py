@@ -55,6 +55,7 @@ def _cfg(cifar_folder: Path, out: Path, **kw) -> TrainConfig:
     return TrainConfig(**(base | kw))
 
 
+@pytest.mark.slow
 def test_simclr_and_moco_take_partners_in_the_batch_as_positives(cifar_folder: Path, ring_ds: Path, tmp_path: Path) -> None:
     plain = train(_cfg(cifar_folder, tmp_path / "simclr", method="simclr"), progress=False)["epochs"][0]
     assert plain["parts"]["batch_partners"] == 0 and plain["pair_samples"] == 0

@@ -120,6 +120,7 @@ def _digits_cfg(out: Path, **kw) -> TrainConfig:
     return TrainConfig(**(base | kw))
 
 
+@pytest.mark.slow
 def test_bf16_trains_30_steps_on_any_cpu_and_tracks_fp32(tmp_path: Path) -> None:
     """ResNet-18 at 16 px (the quickstart's model) in checked bf16 (emulated where the CPU has no bf16: about a
     minute here), against fp32 from the same seed. MoCo's loss first *rises* while the random initial queue
@@ -138,6 +139,7 @@ def test_bf16_trains_30_steps_on_any_cpu_and_tracks_fp32(tmp_path: Path) -> None
     assert abs(np.mean(losses["bf16"][:3]) - np.mean(losses["fp32"][:3])) < 0.1, losses  # before chaos sets in
 
 
+@pytest.mark.slow
 def test_a_divergence_in_a_later_epoch_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch) -> None:
     from training.moco import MoCo
 
@@ -158,6 +160,7 @@ def test_a_divergence_in_a_later_epoch_keeps_the_last_good_checkpoint(tmp_path: 
     assert kept["epoch"] == 1 and all(torch.equal(kept["backbone"][k], v) for k, v in good["backbone"].items())
 
 
+@pytest.mark.slow
 def test_an_absurd_learning_rate_ends_in_one_error_line_and_no_checkpoint(tmp_path: Path) -> None:
     cfg = tmp_path / "run.yaml"
     cfg.write_text("max_steps: 30\n")

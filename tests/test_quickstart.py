@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 import semipairs
 from semipairs.cli import app
 
 
+@pytest.mark.slow
 def test_quickstart_publishes_a_verified_dataset_and_prints_the_table(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["quickstart", "--out", str(tmp_path / "qs"), "--steps", "3", "--json"])
     assert r.exit_code == 0, r.output

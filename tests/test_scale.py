@@ -167,6 +167,7 @@ def test_index_is_chosen_by_size_and_budget() -> None:
     assert choose_factory(10, 64, IndexConfig(factory="HNSW32")) == "HNSW32"
 
 
+@pytest.mark.slow
 def test_pq_index_recall_is_measured_against_exact_search() -> None:
     x, _ = clustered(6000, 32, classes=30, noise=1.0)
     rows = Rows(x.astype(np.float16))  # float16 rows, normalised chunk by chunk
@@ -242,6 +243,7 @@ def test_rank_slices_cover_the_queries_once() -> None:
         assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_search_their_slices_and_match_one_process(tmp_path: Path) -> None:
     clip_layout(tmp_path / "emb", [700, 500])
     spec = f"embeddings:{tmp_path / 'emb'}#label=label"

@@ -67,6 +67,7 @@ def test_real_moco_steps_lower_the_loss(cifar_folder: Path) -> None:
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.3, losses
 
 
+@pytest.mark.slow
 def test_trainer_runs_both_methods_with_pairs(cifar_folder: Path, pairs_ds: Path, tmp_path: Path) -> None:
     sims = train(_cfg(cifar_folder, tmp_path / "simsiam", method="simsiam", pairs=str(pairs_ds), epochs=3), progress=False)
     losses = [e["loss"] for e in sims["epochs"]]
@@ -114,6 +115,7 @@ def test_reference_layout_pairs_resolve_against_data(cifar_folder: Path, tmp_pat
     assert m["epochs"][0]["pair_samples"] > 0
 
 
+@pytest.mark.slow
 def test_resume_equals_an_uninterrupted_run(cifar_folder: Path, pairs_ds: Path, tmp_path: Path) -> None:
     full = train(_cfg(cifar_folder, tmp_path / "full", epochs=2, pairs=str(pairs_ds)), progress=False)
     first = train(_cfg(cifar_folder, tmp_path / "cut", epochs=2, pairs=str(pairs_ds), stop_after=1), progress=False)
@@ -125,6 +127,7 @@ def test_resume_equals_an_uninterrupted_run(cifar_folder: Path, pairs_ds: Path, 
     assert torch.equal(a["model"]["queue"], b["model"]["queue"]) and a["epoch"] == b["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_read_different_shards_and_share_the_queue(cifar_folder: Path, pairs_ds: Path,
                                                                       tmp_path: Path) -> None:
     probe = Path(__file__).with_name("ddp_probe.py")
@@ -166,6 +169,7 @@ def test_a_checkpoint_with_a_pickled_object_is_refused(tmp_path: Path) -> None:
         load_encoder(f"ckpt:{tmp_path / 'evil.pt'}")
 
 
+@pytest.mark.slow
 def test_cli_train_then_eval_and_ckpt_encoder(cifar_folder: Path, tmp_path: Path) -> None:
     from curation.encoders import load_encoder
 
@@ -187,6 +191,7 @@ def test_cli_train_then_eval_and_ckpt_encoder(cifar_folder: Path, tmp_path: Path
     assert enc.info.kind == "ckpt" and enc.info.image_size == 16 and enc.info.dim == 512
 
 
+@pytest.mark.slow
 def test_max_steps_is_a_fixed_budget_across_epochs(cifar_folder: Path, tmp_path: Path) -> None:
     m = train(_cfg(cifar_folder, tmp_path / "budget", method="simsiam", batch_size=64, epochs=5, max_steps=6), progress=False)
     assert [len(e["step_losses"]) for e in m["epochs"]] == [4, 2]  # 4 full batches per epoch, then the budget ends
