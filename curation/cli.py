@@ -82,9 +82,10 @@ def curate_command(
     out.print(f"published {result.path}: {s['num_pairs']} pairs, coverage {s['coverage']:.1%}{prec}", soft_wrap=True,
               highlight=False)
     ix = result.index
+    q = ix.get("recall_queries")
     out.print(f"index {ix['factory']} ({ix.get('bytes_per_vector', 0):.0f} B/vector), recall@{ix.get('recall_k')} "
-              f"{ix.get('recall_at_k', float('nan')):.3f} on {ix.get('recall_queries')} sampled queries", soft_wrap=True,
-              highlight=False, markup=False)
+              f"{ix.get('recall_at_k', float('nan')):.3f}" + (f" on {q} sampled queries" if q else " (exact search)"),
+              soft_wrap=True, highlight=False, markup=False)
     data = cfg.source if not cfg.source.startswith("embeddings:") else "YOUR_IMAGE_SOURCE"
     out.print(f"next: semipairs audit {result.path}   |   semipairs train --data {data} --pairs {result.path} "
               "--out runs/with-pairs", soft_wrap=True, highlight=False, markup=False)
