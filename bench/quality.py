@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--pair-encoder", default="ckpt", help="'ckpt' (the baseline's own checkpoint, the protocol) or an "
                     "encoder spec such as pixels, to ask whether more precise pairs help under the same budget")
     ap.add_argument("--reuse-baseline", action="store_true", help="keep an existing baseline run of the same seed")
+    ap.add_argument("--random-init-knn", type=float, default=None,
+                    help="the untrained backbone's kNN top-1 when already measured in this setting (skips measuring it)")
     ap.add_argument("--curve", default=None, help="comma-separated pair precisions in percent: label-built pairs")
     ap.add_argument("--coverage", type=float, default=1.0, help="curve: share of training images that anchor pairs")
     ap.add_argument("--per-anchor", type=int, default=1, help="curve: positives per anchor")
@@ -119,7 +121,8 @@ def main() -> None:
                "cifar_stem": args.cifar_stem, "image_size": 32, "batch_size": args.batch_size, "steps": args.steps, "lr": args.lr,
                "method": args.method, "pair_mode": args.pair_mode, "swap_prob": args.swap_prob, "pair_weight": args.pair_weight,
                "pair_warmup": args.pair_warmup, "pair_ratio": args.pair_ratio, "knn": {"k": 200, "temperature": 0.07}}
-    setting["random_init_knn"] = random_init_knn(train_src, test_src, args)
+    setting["random_init_knn"] = (args.random_init_knn if args.random_init_knn is not None
+                                  else random_init_knn(train_src, test_src, args))
     if args.curve:
         run_curve(args, seeds, run, train_src, work, setting)
         return
