@@ -34,9 +34,18 @@ class PairDataset:
 
     @cached_property
     def table(self) -> pd.DataFrame:
+        """The pair table, read only if its size is the one the manifest lists (a replaced or grown file is
+        named, not parsed)."""
         from semipairs.table import read_pairs
 
-        return read_pairs(self.path / PAIRS_NAME)
+        path = self.path / PAIRS_NAME
+        entry = next((f for f in self.manifest.files if f.path == PAIRS_NAME), None)
+        size = path.stat().st_size if path.is_file() else None
+        if entry is not None and size != entry.bytes:
+            got = "missing" if size is None else f"{size} bytes"
+            raise ShardReadError(f"{path}: is {got}, the manifest says {entry.bytes} bytes (truncated or replaced?); "
+                                 f"run `semipairs verify {self.path}`")
+        return read_pairs(path)
 
     @property
     def shards(self) -> list[Path]:

@@ -85,3 +85,12 @@ def test_a_pair_list_as_users_write_it_is_counted_never_silently_published(cifar
         tmp_path / "self.csv", index=False)
     with pytest.raises(PairsError, match=r"row\(s\) \[1\] pair an image with itself"):
         pack(src, tmp_path / "self.csv", tmp_path / "store", "selfs", "1.0.0", progress=False)
+
+
+def test_a_pair_table_of_another_size_is_named_before_it_is_parsed(version: Path) -> None:
+    from semipairs.errors import ShardReadError
+
+    with open(version / "pairs.parquet", "ab") as f:
+        f.write(b"\0" * 1000)  # grown: what a replaced table looks like to a reader
+    with pytest.raises(ShardReadError, match=r"pairs.parquet: is \d+ bytes, the manifest says \d+ bytes"):
+        _ = semipairs.load(version).table
