@@ -78,10 +78,11 @@ class ReviewSession:
     def _mine(self):
         return read_log(self.log.path, self.ds)
 
-    def next_pairs(self, n: int = 1, repeats: bool = True) -> list[dict[str, Any]]:
+    def next_pairs(self, n: int = 1, repeats: bool = True, mine: Any = None) -> list[dict[str, Any]]:
         """The next ``n`` pairs to judge in the order (skipped ones come back once the rest are done); every
-        REPEAT_EVERY-th single judgment asks an earlier one again, picked from the count, so a reload asks the same."""
-        mine = self._mine()
+        REPEAT_EVERY-th single judgment asks an earlier one again, picked from the count, so a reload asks the same.
+        ``mine``: this reviewer's judgments when the caller has just read them."""
+        mine = mine if mine is not None else self._mine()
         done = mine.verdict
         count = len(mine.order)
         if repeats and n == 1 and (count + 1) % REPEAT_EVERY == 0:
@@ -100,17 +101,18 @@ class ReviewSession:
                 "anchor_key": row["anchor_key"], "positive_key": row["positive_key"]}
 
     def state(self, target: float | None = None) -> dict[str, Any]:
-        reviews = read_reviews(self.reviews, self.ds)
+        reviews = read_reviews(self.reviews, self.ds)  # each log read once a request: this reviewer's is among them
         est = estimate(self.ds, reviews, self.n_bands)
         cut = threshold_for(self.ds, est, target) if target else None
-        mine = self._mine()
+        named = [r for r in reviews if r.reviewer == self.reviewer]
+        mine = named[0] if len(named) == 1 else self._mine()  # a renamed log file: read ours by its path
         m = self.ds.manifest
         return _clean({
             "dataset": {"name": m.name, "version": m.version, "pairs": len(self.ds), "layout": m.layout,
                         "path": str(self.ds.path)},
             "reviewer": self.reviewer, "mine": len(mine.order), "reviews": str(self.reviews),
             "estimate": est.to_dict(), "cut": cut.__dict__ if cut else None, "target": target,
-            "next": self.next_pairs(), "can_undo": mine.last is not None,
+            "next": self.next_pairs(mine=mine), "can_undo": mine.last is not None,
         })
 
     def image(self, pid: int, role: str) -> tuple[bytes, str]:
