@@ -66,6 +66,9 @@ def main() -> None:
     ap.add_argument("--pair-encoder", default="ckpt", help="'ckpt' (the baseline's own checkpoint, the protocol) or an "
                     "encoder spec such as pixels, to ask whether more precise pairs help under the same budget")
     ap.add_argument("--reuse-baseline", action="store_true", help="keep an existing baseline run of the same seed")
+    ap.add_argument("--baseline-from", default=None,
+                    help="curve: take each seed's baseline row from this earlier result JSON (same setting, same CPU "
+                         "kind, checked) instead of training it again")
     ap.add_argument("--random-init-knn", type=float, default=None,
                     help="the untrained backbone's kNN top-1 when already measured in this setting (skips measuring it)")
     ap.add_argument("--curve", default=None, help="comma-separated pair precisions in percent: label-built pairs")
@@ -201,7 +204,7 @@ def run_curve(args, seeds, run, train_src: str, work: Path, setting: dict) -> No
     result = {"benchmark": "quality.precision_curve", "machine": machine(), "setting": {
         **setting, "coverage": args.coverage, "per_anchor": args.per_anchor}, "runs": []}
     for seed in seeds:
-        base = run(seed, "baseline", None)
+        base = earlier_baseline(args.baseline_from, setting, seed) if args.baseline_from else run(seed, "baseline", None)
         result["runs"].append({"seed": seed, "precision": None, "kind": "baseline", **base})
         emit_quiet(result, args.out)
         for pct in [int(p) for p in args.curve.split(",")]:
@@ -218,6 +221,25 @@ def run_curve(args, seeds, run, train_src: str, work: Path, setting: dict) -> No
     emit(result, args.out)
     if args.plot:
         plot_curve(result, args.plot)
+
+
+SAME_BUDGET = ("train_images", "test_images", "backbone", "cifar_stem", "image_size", "batch_size", "steps", "lr",
+               "method", "knn", "random_init_knn")
+
+
+def earlier_baseline(path: str, setting: dict, seed: int) -> dict:
+    """The baseline row of ``seed`` from an earlier run of the same budget on the same CPU kind, or SystemExit."""
+    old = json.loads(Path(path).read_text())
+    old_setting = {"lr": 0.06, **old["setting"]}  # results written before --lr existed ran at 0.06
+    differ = [k for k in SAME_BUDGET if old_setting.get(k) != setting.get(k)]
+    if differ:
+        raise SystemExit(f"error: {path}: another budget ({', '.join(differ)} differ); train the baseline again")
+    if old["machine"]["cpu_flags"] != machine()["cpu_flags"]:
+        raise SystemExit(f"error: {path}: measured on another CPU kind ({old['machine']['cpu_flags']})")
+    rows = [r for r in old["runs"] if r["kind"] == "baseline" and r["seed"] == seed]
+    if not rows:
+        raise SystemExit(f"error: {path}: no baseline row for seed {seed}")
+    return {**{k: v for k, v in rows[0].items() if k not in ("seed", "precision", "kind")}, "from": path}
 
 
 def emit_quiet(result: dict, out: str | None) -> None:

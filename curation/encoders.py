@@ -118,9 +118,9 @@ def default_transform(size: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Com
 
 
 def _require(module: str, extra: str = "models"):
-    from semipairs.extras import require
+    from semipairs.extras import require_extra
 
-    return require(module, extra)
+    return require_extra(module, extra)
 
 
 def load_encoder(spec: str, image_size: int | None = None) -> Encoder:

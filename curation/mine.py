@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from semipairs.errors import InvalidValueError
+
 
 class MiningConfig(BaseModel):
     """Every parameter lands in the manifest's ``mining`` block."""
@@ -28,7 +30,7 @@ class MiningConfig(BaseModel):
     @model_validator(mode="after")
     def _one_threshold(self) -> MiningConfig:
         if self.min_score is not None and self.min_score_quantile is not None:
-            raise ValueError("give min_score or min_score_quantile, not both")
+            raise InvalidValueError("give min_score or min_score_quantile, not both")
         return self
 
 

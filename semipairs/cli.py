@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from semipairs.console import GuardedTyper, err, fail, out
+from semipairs.errors import InvalidValueError
 
 app = GuardedTyper(
     name="semipairs",
@@ -60,7 +61,7 @@ def pack(
     from semipairs.pack import pack as do_pack
 
     if layout not in ("embedded", "reference"):
-        fail(ValueError(f"--layout must be 'embedded' or 'reference', not {layout!r}"))
+        fail(InvalidValueError(f"--layout must be 'embedded' or 'reference', not {layout!r}"))
     path = do_pack(source, pairs, store, name, version, layout=layout, shard_size=shard_size, progress=not as_json)  # type: ignore[arg-type]
     info_ = PairDataset(path).info()
     if as_json:

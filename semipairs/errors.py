@@ -33,3 +33,9 @@ class ShardReadError(SemipairsError):
 
 class DivergedError(SemipairsError):
     """Training produced a non-finite loss, gradient or weight: the run stops, its last good checkpoint stays."""
+
+
+class InvalidValueError(SemipairsError, ValueError):
+    """A value a user gave (a flag, a config key, a pair list, a file's content) cannot be used. Also a
+    ValueError, so pydantic validators and callers that catch ValueError treat it as one; a plain
+    ValueError is a bug and keeps its traceback."""

@@ -13,7 +13,7 @@ class MissingExtraError(SemipairsError):
     """An optional package a command needs is not installed."""
 
 
-def require(module: str, extra: str) -> ModuleType:
+def require_extra(module: str, extra: str) -> ModuleType:
     """``import module``, or a MissingExtraError saying ``pip install 'semipairs[extra]'``."""
     try:
         return importlib.import_module(module)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from semipairs.errors import FormatVersionError, ManifestError
+from semipairs.errors import FormatVersionError, InvalidValueError, ManifestError
 
 FORMAT_NAME = "semipairs"
 FORMAT_VERSION = 1
@@ -37,14 +37,14 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 def check_version(version: str) -> str:
     """Return ``version`` if it is semver (``1.0.0``, ``0.2.0-rc.1``), else raise ValueError."""
     if not _SEMVER.match(version):
-        raise ValueError(f"version {version!r} is not semver (MAJOR.MINOR.PATCH, e.g. 1.0.0)")
+        raise InvalidValueError(f"version {version!r} is not semver (MAJOR.MINOR.PATCH, e.g. 1.0.0)")
     return version
 
 
 def check_name(name: str) -> str:
     """Return ``name`` if it is a safe dataset name (letters, digits, '.', '_', '-')."""
     if not _NAME.match(name) or name in {".", ".."}:
-        raise ValueError(
+        raise InvalidValueError(
             f"dataset name {name!r} must start with a letter or digit and hold only letters, digits, "
             "'.', '_' or '-' (at most 96 characters)"
         )
@@ -55,7 +55,7 @@ def semver_key(version: str) -> tuple:
     """Sort key for semver strings: a release sorts after its pre-releases."""
     m = _SEMVER.match(version)
     if not m:
-        raise ValueError(f"version {version!r} is not semver")
+        raise InvalidValueError(f"version {version!r} is not semver")
     major, minor, patch, pre, _build = m.groups()
     if pre is None:
         pre_key: tuple = (1,)
@@ -131,7 +131,7 @@ class FileEntry(_Model):
     def _relative(cls, v: str) -> str:
         p = Path(v)
         if p.is_absolute() or ".." in p.parts:
-            raise ValueError(f"file path {v!r} must be relative and stay inside the version directory")
+            raise InvalidValueError(f"file path {v!r} must be relative and stay inside the version directory")
         return v
 
 

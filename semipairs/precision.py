@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semipairs.errors import InvalidValueError
+
 PRECISIONS = ("auto", "fp32", "bf16")
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # bf16 must beat fp32 by this much for ``auto`` to take it: fp32 is the reference, timing on a shared
@@ -98,7 +100,7 @@ def _native_bf16(device_type: str) -> bool:
 def candidates(name: str, device: str) -> list[Precision]:
     """Configurations to try, preferred first; fp32 (the reference) is always last."""
     if name not in PRECISIONS:
-        raise ValueError(f"precision {name!r}: use one of {', '.join(PRECISIONS)}")
+        raise InvalidValueError(f"precision {name!r}: use one of {', '.join(PRECISIONS)}")
     device_type = torch.device(device).type
     fp32 = Precision("fp32", device_type)
     if name == "fp32" or (name == "auto" and not _native_bf16(device_type)):

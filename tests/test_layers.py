@@ -70,9 +70,9 @@ def test_a_missing_extra_names_what_to_install():
     import pytest
 
     from semipairs.errors import SemipairsError
-    from semipairs.extras import MissingExtraError, require
+    from semipairs.extras import MissingExtraError, require_extra
 
     with pytest.raises(MissingExtraError, match=r"no_such_pkg_xyz is not installed .*\[graph\]") as info:
-        require("no_such_pkg_xyz", "graph")
+        require_extra("no_such_pkg_xyz", "graph")
     assert isinstance(info.value, SemipairsError)  # the CLI ends it in one error line
-    assert require("json", "graph").dumps([1]) == "[1]"
+    assert require_extra("json", "graph").dumps([1]) == "[1]"

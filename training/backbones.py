@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from semipairs.extras import require
+from semipairs.errors import InvalidValueError
+from semipairs.extras import require_extra
 
 
 @dataclass(frozen=True)
@@ -29,13 +30,13 @@ class BackboneSpec:
 def build_backbone(spec: BackboneSpec) -> tuple[nn.Module, int]:
     """(backbone without classifier, feature dim)."""
     if spec.arch.startswith("timm:"):
-        timm = require("timm", "models")
+        timm = require_extra("timm", "models")
         model = timm.create_model(spec.arch.removeprefix("timm:"), pretrained=False, num_classes=0)
         return model, int(model.num_features)
     import torchvision
 
     if spec.arch not in ("resnet18", "resnet34", "resnet50"):
-        raise ValueError(f"unknown backbone {spec.arch!r}: use resnet18, resnet34, resnet50 or timm:NAME")
+        raise InvalidValueError(f"unknown backbone {spec.arch!r}: use resnet18, resnet34, resnet50 or timm:NAME")
     model = torchvision.models.get_model(spec.arch, weights=None)
     if spec.cifar_stem:
         model.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)

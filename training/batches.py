@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from semipairs.errors import InvalidValueError
+
 SAME_IMAGE, PAIR = 0, 1
 PAIR_MODES = ("extra", "swap", "multi", "inbatch")
 
@@ -69,7 +71,7 @@ def plan_epoch(ok: np.ndarray, pairs: PairRows | None, *, seed: int, epoch: int,
                steps: int, mode: str = "extra", pair_ratio: float = 1.0, swap_prob: float = 0.5) -> Iterator[Batch]:
     """``steps`` batches of this rank's share of the epoch (the same number on every rank)."""
     if mode not in PAIR_MODES:
-        raise ValueError(f"pair mode {mode!r}: use one of {', '.join(PAIR_MODES)}")
+        raise InvalidValueError(f"pair mode {mode!r}: use one of {', '.join(PAIR_MODES)}")
     rng = np.random.default_rng([seed, epoch])
     rows = np.flatnonzero(ok)
     a, b = rows.copy(), rows.copy()

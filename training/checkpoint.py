@@ -15,6 +15,7 @@ from torch import nn
 
 from semipairs import faults
 from semipairs.atomic import atomic_write
+from semipairs.errors import InvalidValueError
 from training.backbones import BackboneSpec, backbone_state, build_backbone
 
 CHECKPOINT_VERSION = 1
@@ -35,9 +36,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - unpickling errors carry the reason
-        raise ValueError(f"{path}: refused or unreadable checkpoint (only tensors and builtins load): {exc}") from None
+        raise InvalidValueError(f"{path}: refused or unreadable checkpoint (only tensors and builtins load): {exc}") from None
     if not isinstance(state, dict) or "backbone" not in state or "backbone_spec" not in state:
-        raise ValueError(f"{path}: not a semipairs training checkpoint (needs 'backbone' and 'backbone_spec')")
+        raise InvalidValueError(f"{path}: not a semipairs training checkpoint (needs 'backbone' and 'backbone_spec')")
     return state
 
 

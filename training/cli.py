@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from semipairs.errors import InvalidValueError
+
 TRAIN_EXAMPLE = ("Example: semipairs train --method moco --data cifar10:data --pairs store/cifar-pairs --epochs 200 "
                  "--backbone resnet18 --cifar-stem --out runs/moco-pairs   "
                  "(multi-GPU: torchrun --nproc_per_node 8 -m semipairs.cli train ...)")
@@ -146,7 +148,7 @@ def refine_command(
     try:
         fan = None if fanouts is None else [int(f) for f in fanouts.split(",")]
     except ValueError:
-        raise ValueError(f"--fanouts {fanouts!r}: give integers separated by commas, such as 15,10") from None
+        raise InvalidValueError(f"--fanouts {fanouts!r}: give integers separated by commas, such as 15,10") from None
     cfg = RefineConfig(checkpoint=checkpoint, data=data, eval_data=eval_data, k=k, heldout_k=heldout_k, fanouts=fan,
                        layers=layers, conv=conv, epochs=epochs, batch_size=batch_size, hidden=hidden,
                        num_workers=num_workers, precision=precision, decline_worse=decline_worse, seed=seed, out=out)

@@ -19,6 +19,7 @@ from torch.utils.data import IterableDataset
 
 from semipairs.dataset import PairDataset
 from semipairs.dist import reader_slot
+from semipairs.errors import InvalidValueError
 from semipairs.sources.base import ImageSource
 from semipairs.torch_data import decode_image
 from training.batches import PAIR, SAME_IMAGE
@@ -32,7 +33,7 @@ def check_pair_keys(pairs: PairDataset, source: ImageSource) -> None:
         return
     missing = source.unknown_keys(pairs.table["anchor_key"].tolist() + pairs.table["positive_key"].tolist())
     if missing:
-        raise ValueError(f"pairs {pairs.path} name keys absent from {source.spec}: {missing[:5]}")
+        raise InvalidValueError(f"pairs {pairs.path} name keys absent from {source.spec}: {missing[:5]}")
 
 
 class SePPViews(IterableDataset):
@@ -40,7 +41,7 @@ class SePPViews(IterableDataset):
                  seed: int = 0) -> None:
         super().__init__()
         if not 0.0 <= pair_ratio <= 1.0:
-            raise ValueError(f"pair_ratio must be within [0, 1], got {pair_ratio}")
+            raise InvalidValueError(f"pair_ratio must be within [0, 1], got {pair_ratio}")
         self.source, self.view = source, view
         self.pairs, self.pair_ratio, self.seed, self.epoch = pairs, pair_ratio, seed, 0
         self.num_pairs = int(round(len(pairs) * pair_ratio)) if pairs is not None else 0

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from semipairs.decoded import DecodedImages, decode_source
-from semipairs.errors import DivergedError
+from semipairs.errors import DivergedError, InvalidValueError
 from semipairs.precision import Precision, resolve_precision
 from semipairs.sources.base import ImageSource
 from training.augment import evaluation, moco_v2, stats_for
@@ -37,7 +37,7 @@ class _Labelled(Dataset):
 def _labels(source: ImageSource, require: bool) -> torch.Tensor:
     labels = source.labels()
     if require and any(lab is None for lab in labels):
-        raise ValueError(f"{source.spec}: evaluation needs labels for every image")
+        raise InvalidValueError(f"{source.spec}: evaluation needs labels for every image")
     return torch.tensor([-1 if lab is None else lab for lab in labels], dtype=torch.long)
 
 

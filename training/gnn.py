@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from semipairs.extras import require
+from semipairs.errors import InvalidValueError
+from semipairs.extras import require_extra
 from training.graphs import KnnGraph
 
 CONVS = ("gcn", "sage", "gat")
@@ -86,13 +87,13 @@ class GNNEncoder(nn.Module):
     def __init__(self, in_dim: int, hidden: int = 256, layers: int = 2, conv: str = "gcn", heads: int = 4,
                  skip: bool = True) -> None:
         super().__init__()
-        pyg = require("torch_geometric.nn", "graph")
+        pyg = require_extra("torch_geometric.nn", "graph")
         GATConv, GCNConv, SAGEConv = pyg.GATConv, pyg.GCNConv, pyg.SAGEConv  # noqa: N806 - the library's names
 
         if conv not in CONVS:
-            raise ValueError(f"conv must be one of {CONVS}, not {conv!r}")
+            raise InvalidValueError(f"conv must be one of {CONVS}, not {conv!r}")
         if layers < 1:
-            raise ValueError(f"layers must be >= 1, not {layers}")
+            raise InvalidValueError(f"layers must be >= 1, not {layers}")
         self.conv_kind = conv
         self.convs = nn.ModuleList()
         for i in range(layers):

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from semipairs.dist import all_gather
+from semipairs.errors import InvalidValueError
 from semipairs.precision import full_precision
 from training.heads import ProjectionHead
 from training.losses import info_nce, multi_positive_nce, reco_global, reco_local, supcon
@@ -46,7 +47,7 @@ class MoCo(nn.Module):
     def set_partners(self, anchor: torch.Tensor, positive: torch.Tensor, num_rows: int, mode: str = "multi") -> None:
         """Pair edges (undirected) and how they join the loss: ``multi`` or ``inbatch`` (module docstring)."""
         if mode not in ("multi", "inbatch"):
-            raise ValueError(f"MoCo pair mode {mode!r}: use multi or inbatch")
+            raise InvalidValueError(f"MoCo pair mode {mode!r}: use multi or inbatch")
         self.graph.set_edges(anchor, positive, num_rows)
         self.pair_mode = mode
 

@@ -28,7 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from semipairs.atomic import atomic_write
-from semipairs.errors import DivergedError
+from semipairs.errors import DivergedError, InvalidValueError
 from semipairs.lock import exclusive
 from semipairs.precision import all_finite, precision_note, select_for_inference
 from semipairs.sources import open_source
@@ -73,7 +73,7 @@ class RefineConfig(BaseModel):
     @model_validator(mode="after")
     def _one_fanout_per_layer(self) -> RefineConfig:
         if self.fanouts is not None and (len(self.fanouts) != self.layers or min(self.fanouts) < 1):
-            raise ValueError(f"fanouts {self.fanouts} must give one value >= 1 per layer ({self.layers} layers)")
+            raise InvalidValueError(f"fanouts {self.fanouts} must give one value >= 1 per layer ({self.layers} layers)")
         return self
 
     def resolved_fanouts(self) -> list[int]:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semipairs.errors import InvalidValueError
 from semipairs.precision import full_precision
 from training.heads import ProjectionHead
 from training.losses import supcon
@@ -39,7 +40,7 @@ class SimCLR(nn.Module):
     def set_partners(self, anchor: torch.Tensor, positive: torch.Tensor, num_rows: int, mode: str = "inbatch") -> None:
         """Pair edges (undirected) whose views in the same batch are positives (the only mode SimCLR has)."""
         if mode != "inbatch":
-            raise ValueError(f"SimCLR pair mode {mode!r}: only inbatch (it has no queue)")
+            raise InvalidValueError(f"SimCLR pair mode {mode!r}: only inbatch (it has no queue)")
         self.graph.set_edges(anchor, positive, num_rows)
 
     def forward(self, v1: torch.Tensor, v2: torch.Tensor, weights: torch.Tensor | None = None,

@@ -16,7 +16,7 @@ from typing import Any
 
 from PIL import Image
 
-from semipairs.errors import SourceError
+from semipairs.errors import InvalidValueError, SourceError
 from semipairs.sources.base import ImageSource, SourceItem, normalise_ext, spec_options
 
 _SPEC = re.compile(r"^hf:(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[^:#@\s]+))?(?::(?P<split>[\w.-]+))?(?:#(?P<opts>.*))?$")
@@ -88,7 +88,7 @@ class HubImageSource(ImageSource):
             with open(path, "rb") as f:
                 data = f.read()
         if data is None:
-            raise ValueError(f"row {index} of column {self.image_column!r} holds no image bytes")
+            raise InvalidValueError(f"row {index} of column {self.image_column!r} holds no image bytes")
         ext = path.rsplit(".", 1)[-1] if path and "." in path else None
         if not ext:
             with Image.open(io.BytesIO(data)) as im:

@@ -17,7 +17,7 @@ from pathlib import Path
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import base_plus_ext
 
-from semipairs.errors import SourceError
+from semipairs.errors import InvalidValueError, SourceError
 from semipairs.sources.base import IMAGE_EXTS, ImageSource, SourceItem, normalise_ext
 
 LABEL_FIELDS = ("cls", "cls.txt", "label", "class")
@@ -110,9 +110,9 @@ class WebDatasetSource(ImageSource):
         e = self._entries[index]
         key = self._keys[index]
         if e.problem is not None:
-            raise ValueError(e.problem)
+            raise InvalidValueError(e.problem)
         if e.image is None:
-            raise ValueError(f"sample {key!r} in {self._shards[e.shard]} has no image field")
+            raise InvalidValueError(f"sample {key!r} in {self._shards[e.shard]} has no image field")
         offset, size, ext = e.image
         label = self._read_label(e) if self.classes is not None else None
         return SourceItem(key, self._read_at(e.shard, offset, size), ext, label)
