@@ -24,7 +24,7 @@ from semipairs.atomic import atomic_write, write_text
 from semipairs.decoded import DecodedImages, decode_source
 from semipairs.dist import rank_world
 from semipairs.precision import Precision, select_for_inference
-from semipairs.sources.base import ImageSource, Skipped
+from semipairs.sources.base import ImageSource, Skipped, read_or_skip
 
 
 class _Images(Dataset):
@@ -39,11 +39,10 @@ class _Images(Dataset):
         return len(self.source)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor, str]:
-        try:
-            item = self.source.read(i)
-            return i, self.transform(item.image("RGB", at_least=self.size)), ""
-        except Exception as exc:  # noqa: BLE001 - any unreadable image is skipped, by contract
-            return i, self.blank, f"{type(exc).__name__}: {exc}"
+        why: list[str] = []
+        view = read_or_skip(lambda: self.transform(self.source.read(i).image("RGB", at_least=self.size)), str(i),
+                            lambda _k, reason: why.append(reason))
+        return (i, view, "") if view is not None else (i, self.blank, why[0])
 
 
 class _ChunkBatches(Sampler[list[int]]):

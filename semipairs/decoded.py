@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from semipairs.sources.base import ImageSource, Skipped, to_rgb
+from semipairs.sources.base import ImageSource, Skipped, read_or_skip, to_rgb
 
 GEOMETRY = "v2-squash<=64-else-shorter+centre"
 DEFAULT_BUDGET_SHARE = 0.25  # of physical RAM
@@ -127,13 +127,13 @@ def decode_source(source: ImageSource, size: int, *, root: Path | None = None, b
         keys = source.keys()
         reasons: dict[int, str] = {}
 
+        def decode(i: int) -> bool:
+            with Image.open(io.BytesIO(source.read(i).data)) as im:
+                images[i] = np.asarray(fit(im, size))
+            return True
+
         def one(i: int) -> None:
-            try:
-                with Image.open(io.BytesIO(source.read(i).data)) as im:
-                    images[i] = np.asarray(fit(im, size))
-                ok[i] = True
-            except Exception as exc:  # noqa: BLE001 - any unreadable image is skipped, by contract
-                reasons[i] = f"{type(exc).__name__}: {exc}"
+            ok[i] = bool(read_or_skip(lambda: decode(i), keys[i], lambda _k, why: reasons.__setitem__(i, why)))
 
         step = 512
         bar = tqdm(total=n, desc=f"decode once {source.spec} @{size}px", unit="img", disable=not progress, leave=False)

@@ -47,7 +47,7 @@ from semipairs.manifest import (
     check_version,
 )
 from semipairs.shards import PairShardWriter, sample_meta
-from semipairs.sources.base import WIDE_MODES, ImageSource, Skipped, check_image, normalise_ext, to_rgb
+from semipairs.sources.base import WIDE_MODES, ImageSource, Skipped, check_image, normalise_ext, read_or_skip, to_rgb
 from semipairs.table import compute_stats, to_arrow, write_pairs
 from semipairs.verify import verify_version
 
@@ -120,15 +120,15 @@ class _ImageReader:
     def read(self, key: str) -> tuple[bytes, str] | None:
         if key in self.bad:
             return None
-        try:
+
+        def checked() -> tuple[bytes, str]:
             item = self.source.read(self.pos[key])
             if self.check and key not in self.ok:
                 check_image(item.data)
                 self.ok.add(key)
-        except Exception as exc:  # noqa: BLE001 - unreadable images are skipped, by contract
-            self.bad[key] = f"{type(exc).__name__}: {exc}"
-            return None
-        return item.data, item.ext
+            return item.data, item.ext
+
+        return read_or_skip(checked, key, self.bad.__setitem__)
 
 
 class _WriteFailed(Exception):

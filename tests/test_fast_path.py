@@ -15,6 +15,7 @@ from PIL import Image
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from semipairs.dataset import load as semipairs_load
 from semipairs.decoded import decode_source
 from semipairs.pack import pack
 from semipairs.precision import Precision, cpu_has_native_bf16, resolve_precision
@@ -23,6 +24,7 @@ from tests.conftest import ring_pairs
 from training.augment import moco_v2
 from training.batch_augment import BatchRecipe, _blend, _gray, _hue, crop_boxes, gaussian_blur, resized_crop
 from training.batches import PAIR, SAME_IMAGE, PairRows, plan_epoch
+from training.data import SePPViews
 from training.losses import info_nce
 from training.trainer import TrainConfig, build_model, train
 
@@ -210,3 +212,32 @@ def test_trainer_defaults_to_the_decoded_path_and_keeps_the_streamed_one(folder:
     with pytest.raises(Exception, match="need the decoded path"):
         train(TrainConfig(out=tmp_path / "no", pair_mode="swap", decode_budget_gb=0, **base), progress=False)
     assert os.environ["SEMIPAIRS_CACHE"]  # the suite never writes decoded arrays into ~/.cache
+
+
+def test_images_that_turn_unreadable_after_packing_are_skipped_and_counted_on_both_paths(folder: Path,
+                                                                                        tmp_path: Path) -> None:
+    """One skip policy: the streamed views pass over them (and the reference pairs touching them), the decoded
+    path leaves them out; both count them in every epoch's metrics, and the run says so in a note."""
+    src = f"imagefolder:{folder}"
+    keys = open_source(src).keys()
+    ref = pack(src, ring_pairs(keys, tmp_path / "p.csv"), tmp_path / "s", "ref", "1.0.0", layout="reference",
+               progress=False)
+    bad = [keys[5], keys[50], keys[150]]  # no two adjacent in the ring: each spoils 2 pairs
+    for k in bad:
+        next(folder.glob(f"{k}.*")).write_bytes(b"\xff\xd8 cut off")
+    views = SePPViews(open_source(src), lambda im: torch.zeros(1), semipairs_load(ref), pair_ratio=1.0)
+    samples = list(views)
+    kinds = [int(info["kind"]) for _, _, info in samples]
+    assert kinds.count(SAME_IMAGE) == len(keys) - 3 and kinds.count(PAIR) == len(keys) - 6
+    assert sum(int(info["skipped"]) for _, _, info in samples) == 3 + 6  # the 3 images, then 2 reads each in pairs
+
+    notes: list[str] = []
+    base = dict(method="moco", data=src, epochs=1, batch_size=32, image_size=16, queue_size=64, num_workers=0, seed=0,
+                precision="fp32")
+    fast = train(TrainConfig(out=tmp_path / "fast", **base), progress=False, log=notes.append)
+    slow = train(TrainConfig(out=tmp_path / "slow", decode_budget_gb=0, **base), progress=False)
+    assert [e["skipped_images"] for e in fast["epochs"]] == [3]
+    said = [n for n in notes if "unreadable" in n]
+    assert len(said) == 1 and said[0].startswith(f"3 unreadable image(s) of {src} left out (first: {bad[0]}: ")
+    # the streamed path counts what the epoch's samples passed over: every one here (none sits in the unused tail)
+    assert [e["skipped_images"] for e in slow["epochs"]] == [3]

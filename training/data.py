@@ -5,7 +5,8 @@ Pairs come from the dataset's shards (embedded layout) or are resolved by key ag
 (reference layout). Every reader yields the same quota of pairs per epoch (cycling its shards if it
 holds fewer), so DDP ranks never wait on each other at a collective. Work is split over DDP ranks and
 DataLoader workers like ``to_torch``; every sample says where it came from (``kind`` SAME_IMAGE or PAIR,
-``index`` = source index or pair id). This is the streaming path; ``batches.py`` is the decoded one.
+``index`` = source index or pair id, ``skipped`` = unreadable images passed over since the reader's
+previous sample, so the trainer counts them). This is the streaming path; ``batches.py`` is the decoded one.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from torch.utils.data import IterableDataset
 from semipairs.dataset import PairDataset
 from semipairs.dist import reader_slot
 from semipairs.errors import InvalidValueError
-from semipairs.sources.base import ImageSource
+from semipairs.sources.base import ImageSource, read_or_skip
 from semipairs.torch_data import decode_image
 from training.batches import PAIR, SAME_IMAGE
 
@@ -54,13 +55,17 @@ class SePPViews(IterableDataset):
     def __len__(self) -> int:
         return len(self.source) + self.num_pairs
 
-    def _pair_stream(self, rng: np.random.Generator, me: int, readers: int) -> Iterator[tuple[Any, Any, int]]:
+    def _pair_stream(self, rng: np.random.Generator, me: int, readers: int,
+                     record: Callable[[str, str], object]) -> Iterator[tuple[Any, Any, int]]:
         assert self.pairs is not None
         if self.pairs.manifest.layout == "reference":
             ids = np.sort(rng.permutation(len(self.pairs))[: self.num_pairs])[me::readers]
             anchors, positives = self.pairs.table["anchor_key"].to_numpy(), self.pairs.table["positive_key"].to_numpy()
             for i in rng.permutation(ids):
-                yield self.source.read_key(anchors[i]).image(), self.source.read_key(positives[i]).image(), int(i)
+                a = read_or_skip(lambda k=anchors[i]: self.source.read_key(k).image(), anchors[i], record)
+                p = read_or_skip(lambda k=positives[i]: self.source.read_key(k).image(), positives[i], record)
+                if a is not None and p is not None:
+                    yield a, p, int(i)
             return
         # Shards split unevenly over readers; each reader yields its fixed quota (the caller stops it), cycling
         # its own shards when it holds fewer pairs, so every DDP rank fills the same number of batches.
@@ -70,15 +75,31 @@ class SePPViews(IterableDataset):
             for anchor, positive, meta in self.pairs.to_torch(decode=False):
                 if take >= 1.0 or rng.random() < take:
                     got += 1
-                    yield decode_image(anchor), decode_image(positive), int(meta["pair_id"])
+                    a = read_or_skip(lambda x=anchor: decode_image(x), f"pair {meta['pair_id']} anchor", record)
+                    p = read_or_skip(lambda x=positive: decode_image(x), f"pair {meta['pair_id']} positive", record)
+                    if a is not None and p is not None:
+                        yield a, p, int(meta["pair_id"])
             if not got:
                 return
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, int]]]:
+        """The samples, one held back so that the images skipped after the last one are counted on it too."""
+        skipped: list[tuple[str, str]] = []
+        last = None
+        for sample in self._samples(skipped):
+            if last is not None:
+                yield last
+            last = sample
+        if last is not None:
+            last[2]["skipped"] += len(skipped)
+            yield last
+
+    def _samples(self, skipped: list[tuple[str, str]]) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, int]]]:
         me, readers = reader_slot()
         order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.source))[me::readers]
         rng = np.random.default_rng([self.seed, self.epoch, me])
-        pairs = self._pair_stream(rng, me, readers) if self.pairs is not None and self.num_pairs else iter(())
+        record = lambda key, why: skipped.append((key, why))  # noqa: E731 - emptied after each sample
+        pairs = self._pair_stream(rng, me, readers, record) if self.pairs is not None and self.num_pairs else iter(())
         n_src, n_pair = len(order), -(-self.num_pairs // readers)
         s = 0
         while s < n_src or n_pair > 0:
@@ -89,12 +110,12 @@ class SePPViews(IterableDataset):
                     n_pair = 0
                     continue
                 a, p, pid = item
-                yield self.view(a), self.view(p), {"kind": PAIR, "index": pid}
+                yield self.view(a), self.view(p), {"kind": PAIR, "index": pid, "skipped": len(skipped)}
             else:
                 i = int(order[s])
                 s += 1
-                try:
-                    img = self.source.read(i).image()
-                except Exception:  # noqa: BLE001 - an unreadable image is skipped, as everywhere
+                img = read_or_skip(lambda i=i: self.source.read(i).image(), self.source.keys()[i], record)
+                if img is None:
                     continue
-                yield self.view(img), self.view(img), {"kind": SAME_IMAGE, "index": i}
+                yield self.view(img), self.view(img), {"kind": SAME_IMAGE, "index": i, "skipped": len(skipped)}
+            skipped.clear()

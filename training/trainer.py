@@ -145,6 +145,11 @@ class DecodedData:
         n = samples_per_epoch(decoded.ok, pairs, cfg.pair_mode, cfg.pair_ratio)
         self.steps = _steps_per_epoch(n, cfg.batch_size, world)
 
+    @property
+    def skipped(self) -> int:
+        """Unreadable images: found once while decoding, left out of every epoch."""
+        return len(self.decoded.skipped)
+
     def _gather(self, rows: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self.decoded.images[rows])
 
@@ -171,12 +176,15 @@ class StreamedData:
         self.dataset = SePPViews(source, RECIPES[cfg.method](cfg.image_size), pairs, cfg.pair_ratio, seed=cfg.seed)
         self.cfg, self.on_gpu = cfg, on_gpu
         self.steps = _steps_per_epoch(len(self.dataset), cfg.batch_size, world, max(1, cfg.num_workers))
+        self.skipped = 0  # unreadable images the workers passed over this epoch (this rank)
 
     def batches(self, epoch: int, warmup_steps: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]]:
         self.dataset.set_epoch(epoch)
+        self.skipped = 0
         loader = DataLoader(self.dataset, batch_size=self.cfg.batch_size, num_workers=self.cfg.num_workers, drop_last=True,
                             pin_memory=self.on_gpu)
         for v1, v2, info in loader:
+            self.skipped += int(info["skipped"].sum())
             yield v1, v2, info["kind"], None
 
 
@@ -341,6 +349,7 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
     steady = (len(losses) - 1) * cfg.batch_size / (seconds - first) if first is not None and seconds > first else None
     return {"epoch": epoch + 1, "loss": float(np.mean(losses)), "step_losses": losses,
             "parts": {k: v / len(losses) for k, v in parts_sum.items()}, "pair_samples": pairs_seen,
+            "skipped_images": run.data.skipped,
             "seconds": round(seconds, 2), "images_per_s": None if steady is None else round(steady, 1),
             "lr": run.scheduler.get_last_lr()[0]}
 
@@ -397,6 +406,9 @@ def _run(cfg: TrainConfig, rank: int, world: int, progress: bool, log: Callable[
     run = setup(cfg, rank, world, progress)
     if log is not None and rank == 0 and (text := precision_note(run.precision)):
         log(text)
+    if log is not None and rank == 0 and isinstance(run.data, DecodedData) and run.data.decoded.skipped:
+        first = run.data.decoded.skipped[0]
+        log(f"{run.data.skipped} unreadable image(s) of {cfg.data} left out (first: {first.key}: {first.reason})")
     resume(run)
     if rank == 0:
         write_text(run.out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

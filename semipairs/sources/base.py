@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import io
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -81,6 +82,20 @@ class Skipped:
     reason: str
 
 
+T = TypeVar("T")
+
+
+def read_or_skip(read: Callable[[], T], key: str, record: Callable[[str, str], object]) -> T | None:
+    """The one skip policy (sources, embedding, publish, both training data paths): ``read()``, or None after
+    ``record(key, reason)`` when reading or decoding raises anything. A corrupt, truncated, missing or
+    undecodable image is never fatal and never silent; decoders raise too many kinds of error to list."""
+    try:
+        return read()
+    except Exception as exc:  # noqa: BLE001 - any unreadable image is skipped, by contract
+        record(key, f"{type(exc).__name__}: {exc}")
+        return None
+
+
 def normalise_ext(ext: str) -> str:
     ext = ext.lower().lstrip(".")
     return {"jpeg": "jpg", "tif": "tiff"}.get(ext, ext)
@@ -143,15 +158,14 @@ class ImageSource(ABC):
 
     def read_checked(self, index: int, check: bool = True) -> SourceItem | None:
         """The item at ``index`` or None (recorded in ``skipped``) when it cannot be read or decoded."""
-        key = self.keys()[index]
-        try:
+
+        def checked() -> SourceItem:
             item = self.read(index)
             if check:
                 check_image(item.data)
-        except Exception as exc:  # noqa: BLE001 - any unreadable image is skipped, by contract
-            self.skipped.append(Skipped(key, f"{type(exc).__name__}: {exc}"))
-            return None
-        return item
+            return item
+
+        return read_or_skip(checked, self.keys()[index], lambda k, why: self.skipped.append(Skipped(k, why)))
 
     def __iter__(self) -> Iterator[SourceItem]:
         """Readable items in key order; unreadable ones are skipped and recorded."""
