@@ -8,6 +8,9 @@ from pathlib import Path
 
 import typer
 
+from curation.config import CurateConfig, MiningConfig
+from semipairs.config import option
+
 EXAMPLE = (
     "Example: semipairs curate --source imagefolder:photos --encoder open_clip:ViT-B-32/laion2b_s34b_b79k "
     "--store store --name photo-pairs --k 10 --mutual --min-score 0.5.  From clip-retrieval's embeddings: "
@@ -16,61 +19,43 @@ EXAMPLE = (
 
 
 def curate_command(
-    source: str | None = typer.Option(None, help="Image source: imagefolder:DIR, webdataset:PATTERN, digits, "
-                                       "cifar10:ROOT, hf:OWNER/NAME[@REV][:SPLIT], or embeddings:DIR[#key=COLUMN,"
-                                       "label=COLUMN] (clip-retrieval's img_emb/ + metadata/ folders; keys from "
-                                       "image_path by default; publishes the reference layout, reads no image)."),
-    encoder: str | None = typer.Option(None, help="open_clip:MODEL[/TAG|FILE], timm:NAME[/FILE], "
-                                                  "torchvision:NAME[/W|FILE|random], ckpt:PATH or pixels[:SIZE]. "
-                                                  "Default: pixels (the image downsampled to "
-                                                  "16x16, mean removed: a no-model baseline; use a real encoder for "
-                                                  "semantic pairs)."),
-    store: Path | None = typer.Option(None, help="Store root; the version lands in STORE/NAME/VERSION."),
-    name: str | None = typer.Option(None, help="Dataset name."),
-    version: str | None = typer.Option(None, help="Semver version (default 1.0.0)."),
-    k: int | None = typer.Option(None, help="Neighbours considered per image (default 10)."),
-    min_score: float | None = typer.Option(None, help="Absolute similarity threshold."),
-    min_score_quantile: float | None = typer.Option(None, help="Threshold at this quantile of candidate scores."),
-    mutual: bool | None = typer.Option(None, "--mutual/--no-mutual", help="Keep only mutual nearest neighbours."),
-    max_per_anchor: int | None = typer.Option(None, help="Pairs kept per anchor (default 1)."),
-    duplicate_threshold: float | None = typer.Option(None, help="Scores at or above are near-duplicates (default 0.98)."),
-    csls: bool | None = typer.Option(None, "--csls/--no-csls", help="CSLS hubness correction."),
-    metric: str | None = typer.Option(None, help="cosine or l2."),
-    layout: str | None = typer.Option(None, help="embedded or reference."),
-    embeddings: Path | None = typer.Option(None, help="Precomputed .npy embeddings in source order (skips the encoder)."),
-    image_size: int | None = typer.Option(None, help="Encoder input size override."),
-    batch_size: int | None = typer.Option(None, help="Embedding batch size (default 256)."),
-    num_workers: int | None = typer.Option(None, help="DataLoader decode workers (default 2)."),
-    dtype: str | None = typer.Option(None, help="Cache dtype: float32 or float16."),
-    precision: str | None = typer.Option(None, help="auto (bf16 autocast + channels_last where the CPU has avx512_bf16/"
-                                         "AMX or on CUDA, else fp32), fp32 or bf16."),
-    index: str | None = typer.Option(None, help="faiss index_factory string (e.g. 'IVF4096,Flat', 'OPQ32,IVF4096,PQ32'). "
-                                     "Default: Flat up to --exact-max vectors, IVF,Flat while float32 vectors fit "
-                                     "--index-budget-gb, IVF,PQ above."),
-    nprobe: int | None = typer.Option(None, help="IVF lists visited per query (default 16)."),
-    exact_max: int | None = typer.Option(None, help="Exact search up to this many vectors (default 200000)."),
-    index_budget_gb: float | None = typer.Option(None, help="Memory the index may take (default a quarter of RAM)."),
-    recall_queries: int | None = typer.Option(None, help="Queries sampled to measure recall@k against exact search "
-                                              "(default 1000; recorded in the manifest's index block)."),
-    key_column: str | None = typer.Option(None, help="embeddings:DIR: the metadata column holding keys "
-                                          "(default image_path; same as #key=COLUMN)."),
-    label_column: str | None = typer.Option(None, help="embeddings:DIR: a metadata column holding labels "
-                                            "(same as #label=COLUMN)."),
-    seed: int | None = typer.Option(None, help="Seed (IVF training sample, recall sample)."),
-    config: Path | None = typer.Option(None, help="YAML config; flags override its keys."),
+    source: str | None = option(CurateConfig, "source"),
+    encoder: str | None = option(CurateConfig, "encoder"),
+    store: Path | None = option(CurateConfig, "store"),
+    name: str | None = option(CurateConfig, "name"),
+    version: str | None = option(CurateConfig, "version"),
+    k: int | None = option(MiningConfig, "k"),
+    min_score: float | None = option(MiningConfig, "min_score"),
+    min_score_quantile: float | None = option(MiningConfig, "min_score_quantile"),
+    mutual: bool | None = option(MiningConfig, "mutual", "--mutual/--no-mutual"),
+    max_per_anchor: int | None = option(MiningConfig, "max_per_anchor"),
+    duplicate_threshold: float | None = option(MiningConfig, "duplicate_threshold"),
+    csls: bool | None = option(MiningConfig, "csls", "--csls/--no-csls"),
+    metric: str | None = option(CurateConfig, "metric"),
+    layout: str | None = option(CurateConfig, "layout"),
+    embeddings: Path | None = option(CurateConfig, "embeddings"),
+    image_size: int | None = option(CurateConfig, "image_size"),
+    batch_size: int | None = option(CurateConfig, "batch_size"),
+    num_workers: int | None = option(CurateConfig, "num_workers"),
+    dtype: str | None = option(CurateConfig, "dtype"),
+    precision: str | None = option(CurateConfig, "precision"),
+    index: str | None = option(CurateConfig, "index"),
+    nprobe: int | None = option(CurateConfig, "nprobe"),
+    exact_max: int | None = option(CurateConfig, "exact_max"),
+    index_budget_gb: float | None = option(CurateConfig, "index_budget_gb"),
+    recall_queries: int | None = option(CurateConfig, "recall_queries"),
+    key_column: str | None = option(CurateConfig, "key_column"),
+    label_column: str | None = option(CurateConfig, "label_column"),
+    seed: int | None = option(MiningConfig, "seed"),
+    config: Path | None = typer.Option(None, help="YAML config: keys are the option names with underscores (mining keys at the "
+                                       "top level or under mining:); flags override them."),
     as_json: bool = typer.Option(False, "--json", help="Print the published path and stats as JSON."),
 ) -> None:
     """Mine semantic positive pairs from an image collection and publish them as a pair dataset."""
-    from curation.pipeline import CurateConfig, curate
+    cfg = CurateConfig.from_sources(config, {k: v for k, v in locals().items() if k not in ("config", "as_json")})
+    from curation.pipeline import curate
     from semipairs.console import out
 
-    overrides = dict(source=source, encoder=encoder, store=store, name=name, version=version, k=k, min_score=min_score,
-                     min_score_quantile=min_score_quantile, mutual=mutual, max_per_anchor=max_per_anchor,
-                     duplicate_threshold=duplicate_threshold, csls=csls, metric=metric, layout=layout, embeddings=embeddings,
-                     image_size=image_size, batch_size=batch_size, num_workers=num_workers, dtype=dtype, precision=precision,
-                     index=index, nprobe=nprobe, exact_max=exact_max, index_budget_gb=index_budget_gb,
-                     recall_queries=recall_queries, key_column=key_column, label_column=label_column, seed=seed)
-    cfg = CurateConfig.from_sources(config, overrides)
     result = curate(cfg, progress=not as_json)
     if result.path is None:  # a non-zero torchrun rank
         return

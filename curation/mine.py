@@ -7,31 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from semipairs.errors import InvalidValueError
-
-
-class MiningConfig(BaseModel):
-    """Every parameter lands in the manifest's ``mining`` block."""
-
-    model_config = ConfigDict(extra="forbid")
-    strategy: str = "knn"
-    k: int = Field(10, ge=1, description="neighbours considered per anchor")
-    min_score: float | None = Field(None, description="absolute score threshold")
-    min_score_quantile: float | None = Field(None, ge=0, le=1, description="threshold at this quantile of candidate scores")
-    mutual: bool = Field(False, description="keep a pair only if each is among the other's k neighbours")
-    duplicate_threshold: float | None = Field(0.98, description="scores at or above are near-duplicates, not pairs")
-    max_per_anchor: int = Field(1, ge=1)
-    symmetric_dedup: bool = Field(True, description="keep one of (i, j) and (j, i)")
-    csls: bool = Field(False, description="rank by CSLS (2 s - r_i - r_j) to damp hubs")
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _one_threshold(self) -> MiningConfig:
-        if self.min_score is not None and self.min_score_quantile is not None:
-            raise InvalidValueError("give min_score or min_score_quantile, not both")
-        return self
+from curation.config import MiningConfig
 
 
 @dataclass

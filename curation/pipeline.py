@@ -13,90 +13,23 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from curation.config import CurateConfig
 from curation.index import IndexConfig, build_index, measure_recall, search
 from curation.mine import MiningConfig, MiningResult, mine
 from curation.vectors import Embeddings, Rows, drop_degenerate, load_embeddings
-from semipairs.config import read_yaml
 from semipairs.dataset import PairDataset
 from semipairs.decoded import budget_from_gb, default_budget_bytes
 from semipairs.errors import SemipairsError
 from semipairs.lock import exclusive
-from semipairs.manifest import EncoderInfo, IndexInfo, MiningInfo, check_name, check_version
+from semipairs.manifest import EncoderInfo, IndexInfo, MiningInfo
 from semipairs.publish import PublishRequest, new_version_dir, publish, version_dir
 from semipairs.sources import open_source
 from semipairs.sources.base import ImageSource
-
-
-class CurateConfig(BaseModel):
-    """One curation run; YAML keys and CLI flags share these names (flags win)."""
-
-    model_config = ConfigDict(extra="forbid")
-    source: str
-    encoder: str = "pixels"
-    store: Path
-    name: str
-    version: str = "1.0.0"
-    layout: Literal["embedded", "reference"] | None = Field(
-        None, description="embedded (images in shards) or reference; default embedded, reference for embeddings:DIR")
-    embeddings: Path | None = Field(None, description="precomputed .npy, rows in source order; skips the encoder")
-    image_size: int | None = None
-    batch_size: int = Field(256, ge=1)
-    num_workers: int = Field(2, ge=0)
-    chunk_size: int = Field(4096, ge=1)
-    dtype: Literal["float32", "float16"] = "float32"
-    cache_dir: Path | None = Field(None, description="embedding cache; default STORE/.cache/embeddings")
-    device: str | None = None
-    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="bf16 autocast where the hardware has it")
-    decode_budget_gb: float | None = Field(None, ge=0, description="pixels / ckpt encoders read a decoded uint8 cache "
-                                           "when the source fits (default a quarter of RAM; 0: always stream)")
-    metric: Literal["cosine", "l2"] = "cosine"
-    index: str | None = Field(None, description="faiss index_factory string; default chosen by size and budget")
-    exact_max: int = Field(200_000, ge=0, description="exact search up to this many vectors")
-    nprobe: int | None = Field(None, ge=1, description="IVF lists visited per query (default 16)")
-    index_budget_gb: float | None = Field(None, gt=0, description="memory the index may take (default a quarter of "
-                                          "RAM): IVF,Flat while float32 vectors fit, IVF,PQ above")
-    recall_queries: int = Field(1000, ge=0, description="queries sampled to measure recall@k against exact search")
-    key_column: str | None = Field(None, description="embeddings:DIR: metadata column holding the keys (image_path)")
-    label_column: str | None = Field(None, description="embeddings:DIR: metadata column holding labels")
-    shard_size: int = 5000
-    audit: bool = Field(True, description="write audit/ (metrics, plots, report.html) into the version")
-    mining: MiningConfig = Field(default_factory=MiningConfig)
-
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, v: str) -> str:
-        return check_name(v)  # checked before any image is read, with the message pack gives
-
-    @field_validator("version")
-    @classmethod
-    def _semver(cls, v: str) -> str:
-        return check_version(v)
-
-    @classmethod
-    def from_sources(cls, yaml_path: Path | None, overrides: dict[str, Any]) -> CurateConfig:
-        """YAML file (if any) then flag overrides; mining keys may sit at top level or under ``mining``."""
-        raw = read_yaml(yaml_path)
-        mining = dict(raw.pop("mining", {}) or {})
-        for key in MiningConfig.model_fields:
-            if key in raw:
-                mining[key] = raw.pop(key)
-            if overrides.get(key) is not None:
-                mining[key] = overrides.pop(key)
-        raw.update({k: v for k, v in overrides.items() if v is not None})
-        raw["mining"] = mining
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as exc:
-            where = str(yaml_path) if yaml_path else "options"
-            problems = "; ".join(f"--{str(e['loc'][-1]).replace('_', '-')} (key '{'.'.join(map(str, e['loc']))}'): "
-                                 f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors()[:4])
-            raise SemipairsError(f"{where}: invalid curate config: {problems}") from None
 
 
 @dataclass

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.text import Text
 
+from semipairs.config import validation_message
 from semipairs.errors import SemipairsError
 
 err = Console(stderr=True)
@@ -28,20 +29,10 @@ out = Console()
 EXPECTED = (SemipairsError, ValidationError, OSError)  # a plain ValueError is a bug: it keeps its traceback
 
 
-def _validation_message(exc: ValidationError) -> str:
-    """Pydantic's errors as ``--flag (YAML key flag): reason``, one clause per field."""
-    parts = []
-    for e in exc.errors():
-        key = ".".join(str(x) for x in e["loc"])
-        where = f"--{key.replace('_', '-')} (config key {key}): " if key else ""
-        parts.append(where + e["msg"].removeprefix("Value error, "))
-    return "; ".join(parts)
-
-
 def message(exc: BaseException) -> str:
     """One line naming what is wrong."""
     if isinstance(exc, ValidationError):
-        text = _validation_message(exc)
+        text = validation_message(exc)
     elif isinstance(exc, OSError) and exc.filename is not None and str(exc.filename) not in str(exc):
         text = f"{exc.filename}: {exc.strerror or exc}"
     else:

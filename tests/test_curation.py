@@ -214,7 +214,7 @@ def test_cli_yaml_config_flags_override_and_json(cifar_folder: Path, tmp_path: P
     assert resolved["mining"]["k"] == 4 and resolved["mining"]["mutual"] is True and resolved["mining"]["max_per_anchor"] == 3
     assert semipairs.load(path).manifest.mining.k == 4
     r = CliRunner().invoke(app, ["curate", "--config", str(tmp_path / "c.yaml"), "--k", "0"])
-    assert r.exit_code == 2 and "'mining.k'" in r.output
+    assert r.exit_code == 2 and "--k (config key 'mining.k')" in r.output
 
 
 @pytest.mark.slow

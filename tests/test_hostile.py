@@ -265,7 +265,7 @@ CASES = [
     (["train", "--data", "digits", "--out", "r", "--config", "missing.yaml"], "missing.yaml"),
     (["train", "--data", "imagefolder:nope", "--out", "r"], "nope"),
     (["eval", "--checkpoint", "nope.pt", "--train", "digits", "--test", "digits"], "nope.pt"),
-    (["eval", "--checkpoint", "nope.pt", "--train", "digits", "--test", "digits", "--precision", "half"], "nope.pt"),
+    (["eval", "--checkpoint", "nope.pt", "--train", "digits", "--test", "digits", "--precision", "half"], "--precision"),
     (["refine", "--checkpoint", "nope.pt", "--data", "digits", "--out", "r"], "nope.pt"),
     (["refine", "--checkpoint", "nope.pt", "--data", "digits", "--out", "r", "--fanouts", "a,b"], "--fanouts"),
     (["quickstart", "--source", "imagefolder:nope", "--out", "q"], "nope"),

@@ -18,66 +18,26 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from tqdm.auto import tqdm
 
 from semipairs.atomic import atomic_write
-from semipairs.errors import DivergedError, InvalidValueError
+from semipairs.errors import DivergedError
 from semipairs.lock import exclusive
 from semipairs.precision import all_finite, precision_note, select_for_inference
 from semipairs.sources import open_source
 from training.checkpoint import backbone_from_state, load_checkpoint, save_checkpoint
+from training.configs import RefineConfig
 from training.evaluate import extract_features, knn_top1
 from training.gnn import GNNEncoder, gcn_norm_parts, sample_subgraph
 from training.graphs import KnnGraph, build_knn_graph
 from training.losses import byol_loss
 from training.momentum import update_momentum
-
-
-class RefineConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    checkpoint: Path
-    data: str
-    out: Path
-    eval_data: str | None = Field(None, description="held-out source: nodes linked to their nearest training nodes")
-    k: int = Field(10, ge=1, description="neighbours per node in each kNN graph (before symmetrising)")
-    heldout_k: int | None = Field(None, ge=1, description="edges per held-out node (default k)")
-    layers: int = Field(2, ge=1)
-    conv: Literal["gcn", "sage", "gat"] = Field("sage", description="sage by default: measured better than gcn here")
-    hidden: int = Field(256, ge=8)
-    skip: bool = Field(True, description="the node's own projected features join the jumping-knowledge max")
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(512, ge=2)
-    fanouts: list[int] | None = Field(None, description="sampled in-edges per node at each hop, one per layer "
-                                      "(default 15, then 10 for every further hop)")
-    feature_mask: float = Field(0.2, ge=0, lt=1, description="share of feature columns zeroed per view and step (BGRL)")
-    edge_drop: float = Field(0.2, ge=0, lt=1, description="share of sampled edges dropped per view and step (BGRL)")
-    center: bool = Field(True, description="subtract the training nodes' mean before normalising refined halves")
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = 1e-5
-    ema: float = Field(0.99, ge=0, lt=1, description="target EMA momentum at the start (cosine to 1)")
-    knn_k: int = 200
-    decline_worse: bool = Field(True, description="with labelled eval data: keep the raw embeddings when refined ones "
-                                "score lower (the report says so)")
-    num_workers: int = 2
-    device: str | None = None
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _one_fanout_per_layer(self) -> RefineConfig:
-        if self.fanouts is not None and (len(self.fanouts) != self.layers or min(self.fanouts) < 1):
-            raise InvalidValueError(f"fanouts {self.fanouts} must give one value >= 1 per layer ({self.layers} layers)")
-        return self
-
-    def resolved_fanouts(self) -> list[int]:
-        return self.fanouts if self.fanouts is not None else [15] + [10] * (self.layers - 1)
 
 
 def _augment(x: torch.Tensor, edge_index: torch.Tensor, weight: torch.Tensor, cfg: RefineConfig, gen: torch.Generator):

@@ -22,12 +22,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -46,64 +45,12 @@ from training.backbones import BackboneSpec, backbone_state, build_backbone
 from training.batch_augment import BatchRecipe
 from training.batches import PAIR, PairRows, plan_epoch, resolve_pairs, samples_per_epoch
 from training.checkpoint import backbone_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from training.configs import TrainConfig
 from training.data import SePPViews, check_pair_keys
 from training.evaluate import evaluate_backbone
 from training.moco import MoCo
 from training.simclr import SimCLR
 from training.simsiam import SimSiam
-
-
-class TrainConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    method: Literal["moco", "simsiam", "simclr"] = "moco"
-    data: str
-    out: Path
-    pairs: str | None = Field(None, description="pair dataset (path or hf:// id) whose pairs join each epoch")
-    pair_ratio: float = Field(1.0, ge=0, le=1, description="share of the pairs used per epoch")
-    epochs: int = Field(100, ge=1)
-    stop_after: int | None = Field(None, ge=1, description="stop after this many epochs of this call; resume later")
-    max_steps: int | None = Field(None, ge=1, description="optimizer steps in all (a fixed budget); the schedule spans them")
-    batch_size: int = Field(256, ge=2)
-    backbone: str = "resnet18"
-    cifar_stem: bool = False
-    image_size: int = 32
-    lr: float = Field(0.06, gt=0, description="base LR for batch 256, scaled linearly")
-    weight_decay: float = 5e-4
-    temperature: float = 0.2
-    queue_size: int = 4096
-    moco_momentum: float = 0.99
-    proj_dim: int = 128
-    reco: bool = False
-    reco_global_weight: float = 1.0
-    reco_local_weight: float = 1.0
-    knn_every: int = Field(0, ge=0, description="kNN top-1 on eval data every N epochs (0: only at the end)")
-    knn_k: int = 200
-    eval_train: str | None = None
-    eval_test: str | None = None
-    num_workers: int = 2
-    device: str | None = None
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: the faster of fp32 and bf16 (with or without channels_last) where the CPU "
-        "(avx512_bf16/AMX) or GPU has bf16 natively, each bf16 option checked against fp32 on one step first; fp32 elsewhere")
-    decode_budget_gb: float | None = Field(None, ge=0, description="decode the source once into a memory-mapped uint8 "
-                                           "array when it fits this many GB (default a quarter of RAM; 0: always stream)")
-    pair_mode: Literal["extra", "swap", "multi", "inbatch"] | None = Field(
-        None, description="default: inbatch for simclr, extra otherwise. extra: pairs are extra samples (SePP-ID); "
-        "swap: a partner's view replaces an image's key view; multi: queued keys of partners are extra positives (MoCo); "
-        "inbatch: each batch is half anchors, half one partner of each, and partners in the batch are positives "
-        "(simclr, moco). swap, multi and inbatch need the decoded path")
-    swap_prob: float = Field(0.5, ge=0, le=1, description="swap mode: chance an image with partners takes one as its key")
-    pair_weight: float = Field(1.0, ge=0, description="loss weight of pair samples relative to same-image samples")
-    pair_warmup: float = Field(0.0, ge=0, lt=1, description="share of the step budget before pairs join (decoded path)")
-    compile: bool = False
-    seed: int = 0
-    resume: bool = True
-
-    @model_validator(mode="after")
-    def _default_pair_mode(self) -> TrainConfig:
-        if self.pair_mode is None:
-            self.pair_mode = "inbatch" if self.method == "simclr" else "extra"
-        return self
 
 
 def _seed_all(seed: int) -> None:

@@ -1,0 +1,100 @@
+"""The configs of ``curate``: ``CurateConfig`` with its ``MiningConfig`` block, torch- and faiss-free, so the
+CLI builds its options (help text, shown default) from them (``semipairs.config``). Mining keys may sit
+at the top level of a YAML file or under ``mining``; flags name them without the prefix (``--k``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from semipairs.config import load_config
+from semipairs.errors import InvalidValueError
+from semipairs.manifest import check_name, check_version
+
+
+class MiningConfig(BaseModel):
+    """Every parameter lands in the manifest's ``mining`` block."""
+
+    model_config = ConfigDict(extra="forbid")
+    strategy: str = "knn"
+    k: int = Field(10, ge=1, description="Neighbours considered per image.")
+    min_score: float | None = Field(None, description="Absolute similarity threshold.")
+    min_score_quantile: float | None = Field(None, ge=0, le=1, description="Threshold at this quantile of candidate "
+                                             "scores.")
+    mutual: bool = Field(False, description="Keep only mutual nearest neighbours (each among the other's k).")
+    duplicate_threshold: float | None = Field(0.98, description="Scores at or above are near-duplicates, not pairs.")
+    max_per_anchor: int = Field(1, ge=1, description="Pairs kept per anchor.")
+    symmetric_dedup: bool = Field(True, description="keep one of (i, j) and (j, i)")
+    csls: bool = Field(False, description="CSLS hubness correction: rank by 2 s - r_i - r_j.")
+    seed: int = Field(0, description="Seed (IVF training sample, recall sample).")
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> MiningConfig:
+        if self.min_score is not None and self.min_score_quantile is not None:
+            raise InvalidValueError("give min_score or min_score_quantile, not both")
+        return self
+
+
+class CurateConfig(BaseModel):
+    """One curation run; YAML keys and CLI flags share these names (flags win)."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str = Field(description="Image source: imagefolder:DIR, webdataset:PATTERN, digits, cifar10:ROOT, "
+                        "hf:OWNER/NAME[@REV][:SPLIT], or embeddings:DIR[#key=COLUMN,label=COLUMN] (clip-retrieval's "
+                        "img_emb/ + metadata/ folders; keys from image_path by default; publishes the reference layout, "
+                        "reads no image).")
+    encoder: str = Field("pixels", description="open_clip:MODEL[/TAG|FILE], timm:NAME[/FILE], "
+                         "torchvision:NAME[/W|FILE|random], ckpt:PATH or pixels[:SIZE] (the image downsampled to 16x16, "
+                         "mean removed: a no-model baseline; use a real encoder for semantic pairs).")
+    store: Path = Field(description="Store root; the version lands in STORE/NAME/VERSION.")
+    name: str = Field(description="Dataset name.")
+    version: str = Field("1.0.0", description="Semver version.")
+    layout: Literal["embedded", "reference"] | None = Field(
+        None, description="embedded (images in shards) or reference (default embedded; reference for embeddings:DIR).")
+    embeddings: Path | None = Field(None, description="Precomputed .npy embeddings in source order (skips the encoder).")
+    image_size: int | None = Field(None, description="Encoder input size override.")
+    batch_size: int = Field(256, ge=1, description="Embedding batch size.")
+    num_workers: int = Field(2, ge=0, description="DataLoader decode workers.")
+    chunk_size: int = Field(4096, ge=1)
+    dtype: Literal["float32", "float16"] = Field("float32", description="Cache dtype: float32 or float16.")
+    cache_dir: Path | None = Field(None, description="embedding cache; default STORE/.cache/embeddings")
+    device: str | None = None
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto (bf16 autocast + channels_last where the CPU has avx512_bf16/AMX or on CUDA and the "
+        "check against fp32 agrees, else fp32), fp32 or bf16.")
+    decode_budget_gb: float | None = Field(None, ge=0, description="pixels / ckpt encoders read a decoded uint8 cache "
+                                           "when the source fits (default a quarter of RAM; 0: always stream)")
+    metric: Literal["cosine", "l2"] = Field("cosine", description="cosine or l2.")
+    index: str | None = Field(None, description="faiss index_factory string (e.g. 'IVF4096,Flat', 'OPQ32,IVF4096,PQ32'). "
+                              "Default: Flat up to --exact-max vectors, IVF,Flat while float32 vectors fit "
+                              "--index-budget-gb, IVF,PQ above.")
+    exact_max: int = Field(200_000, ge=0, description="Exact search up to this many vectors.")
+    nprobe: int | None = Field(None, ge=1, description="IVF lists visited per query (default: 16).")
+    index_budget_gb: float | None = Field(None, gt=0, description="Memory the index may take (default: a quarter of "
+                                          "RAM).")
+    recall_queries: int = Field(1000, ge=0, description="Queries sampled to measure recall@k against exact search "
+                                "(recorded in the manifest's index block).")
+    key_column: str | None = Field(None, description="embeddings:DIR: the metadata column holding keys (default: "
+                                   "image_path; same as #key=COLUMN).")
+    label_column: str | None = Field(None, description="embeddings:DIR: a metadata column holding labels (same as "
+                                     "#label=COLUMN).")
+    shard_size: int = 5000
+    audit: bool = Field(True, description="write audit/ (metrics, plots, report.html) into the version")
+    mining: MiningConfig = Field(default_factory=MiningConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        return check_name(v)  # checked before any image is read, with the message pack gives
+
+    @field_validator("version")
+    @classmethod
+    def _semver(cls, v: str) -> str:
+        return check_version(v)
+
+    @classmethod
+    def from_sources(cls, yaml_path: Path | None, overrides: dict[str, Any]) -> CurateConfig:
+        """``load_config`` with the mining keys (top level or under ``mining`` in YAML, bare as flags) nested."""
+        return load_config(cls, yaml_path, overrides, nested={"mining": MiningConfig})
