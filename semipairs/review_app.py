@@ -8,6 +8,7 @@ step, nothing fetched from the network.
 
 from __future__ import annotations
 
+import functools
 import math
 import secrets
 import socket
@@ -125,6 +126,26 @@ class ReviewSession:
         return publish_reviewed(self.ds, version, self.reviews, self.store, target, self.source, self.n_bands)
 
 
+def _allowed(request, token: str) -> bool:
+    """Every request carries the session's token (header or query): another local page cannot post judgments."""
+    got = request.headers.get("x-review-token") or request.query_params.get("token", "")
+    return secrets.compare_digest(got, token)
+
+
+def _guard(token: str, handler):
+    """``handler`` behind the token; a request it cannot use (bad JSON field, unknown pair) is a 400 naming why."""
+    from starlette.responses import JSONResponse
+
+    async def run(request):
+        if not _allowed(request, token):
+            return JSONResponse({"error": "missing or wrong token: open the address semipairs review printed"}, 403)
+        try:
+            return await handler(request)
+        except (SemipairsError, ValueError, KeyError) as exc:
+            return JSONResponse({"error": str(exc)}, 400)
+    return run
+
+
 def make_app(session: ReviewSession):
     """The Starlette app of one session: the page, its JSON API and the images."""
     from starlette.applications import Starlette
@@ -133,23 +154,10 @@ def make_app(session: ReviewSession):
     from starlette.routing import Route
 
     page_html = (resources.files("semipairs") / "review_page.html").read_text(encoding="utf-8")
-
-    def allowed(request: Request) -> bool:
-        got = request.headers.get("x-review-token") or request.query_params.get("token", "")
-        return secrets.compare_digest(got, session.token)
-
-    def guard(handler):
-        async def run(request: Request) -> Response:
-            if not allowed(request):
-                return JSONResponse({"error": "missing or wrong token: open the address semipairs review printed"}, 403)
-            try:
-                return await handler(request)
-            except (SemipairsError, ValueError, KeyError) as exc:
-                return JSONResponse({"error": str(exc)}, 400)
-        return run
+    guard = functools.partial(_guard, session.token)
 
     async def page(request: Request) -> Response:
-        if not allowed(request):
+        if not _allowed(request, session.token):
             return HTMLResponse("<p>Open the address <code>semipairs review</code> printed (it carries a token).</p>", 403)
         return HTMLResponse(page_html.replace("__TOKEN__", session.token))
 
