@@ -17,9 +17,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from curation.vectors import Rows, as_rows
+from semipairs.arrays import without_self
 from semipairs.errors import SemipairsError
 from semipairs.manifest import IndexInfo
-from semipairs.vectors import without_self
 
 DEFAULT_NPROBE = 16
 ADD_CHUNK = 65_536

@@ -22,8 +22,8 @@ from curation.config import CurateConfig
 from curation.index import IndexConfig, build_index, measure_recall, search
 from curation.mine import MiningConfig, MiningResult, mine
 from curation.vectors import Embeddings, Rows, drop_degenerate, load_embeddings
+from semipairs.budget import budget_from_gb, default_budget_bytes
 from semipairs.dataset import PairDataset
-from semipairs.decoded import budget_from_gb, default_budget_bytes
 from semipairs.errors import SemipairsError
 from semipairs.lock import exclusive
 from semipairs.manifest import EncoderInfo, IndexInfo, MiningInfo

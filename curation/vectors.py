@@ -2,7 +2,7 @@
 view the index and the search read through.
 
 Kept free of torch so mining from precomputed embeddings stays light. Nothing here copies a whole matrix:
-files stay on disk and are read on demand (``semipairs.vectors.Parts``, float16 or float32), checks run in
+files stay on disk and are read on demand (``semipairs.arrays.Parts``, float16 or float32), checks run in
 row blocks, and ``Rows`` hands out normalised float32 chunks, so peak memory follows the faiss index, not
 N x d in float32.
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from semipairs.arrays import BLOCK, Parts, degenerate_rows, normalise_rows_
 from semipairs.errors import SemipairsError
 from semipairs.sources.base import ImageSource, Skipped
-from semipairs.vectors import BLOCK, Parts, degenerate_rows, normalise_rows_
 
 
 class EmbeddingError(SemipairsError):
@@ -72,7 +72,7 @@ def drop_degenerate(emb: Embeddings, keys: list[str]) -> int:
 
 
 def normalise_(x: np.ndarray) -> np.ndarray:
-    """L2-normalise rows in place (``semipairs.vectors.normalise_rows_``: safe for huge finite values)."""
+    """L2-normalise rows in place (``semipairs.arrays.normalise_rows_``: safe for huge finite values)."""
     return normalise_rows_(x)
 
 

@@ -28,10 +28,10 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from semipairs.budget import budget_from_gb, default_budget_bytes  # noqa: F401 - budget_from_gb: old import path
 from semipairs.sources.base import ImageSource, Skipped, read_or_skip, to_rgb
 
 GEOMETRY = "v2-squash<=64-else-shorter+centre"
-DEFAULT_BUDGET_SHARE = 0.25  # of physical RAM
 
 
 def cache_root() -> Path:
@@ -40,13 +40,6 @@ def cache_root() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "semipairs"
-
-
-def default_budget_bytes() -> int:
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * DEFAULT_BUDGET_SHARE)
-    except (ValueError, OSError, AttributeError):  # not a POSIX system: a conservative 2 GiB
-        return 2 << 30
 
 
 def fit(im: Image.Image, size: int) -> Image.Image:
@@ -89,11 +82,6 @@ class DecodedImages:
 def decode_key(source: ImageSource, size: int) -> str:
     h = hashlib.sha256(f"{source.fingerprint()}\n{size}\n{GEOMETRY}".encode())
     return h.hexdigest()[:24]
-
-
-def budget_from_gb(gb: float | None) -> int | None:
-    """A ``--decode-budget-gb`` flag as bytes (None keeps the default share of RAM)."""
-    return None if gb is None else int(gb * 2**30)
 
 
 def decoded_bytes(n: int, size: int) -> int:

@@ -31,7 +31,7 @@ def main(data: str, pairs: str, out: str) -> None:
     from torchvision.transforms import v2
 
     from semipairs.sources import open_source
-    from training.data import SePPViews
+    from training.streamed import SePPViews
 
     samples = sum(1 for _ in SePPViews(open_source(data), v2.ToImage(), ds, seed=0))
 

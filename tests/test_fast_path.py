@@ -23,9 +23,9 @@ from semipairs.sources import open_source
 from tests.conftest import ring_pairs
 from training.augment import moco_v2
 from training.batch_augment import BatchRecipe, _blend, _gray, _hue, crop_boxes, gaussian_blur, resized_crop
-from training.batches import PAIR, SAME_IMAGE, PairRows, plan_epoch
-from training.data import SePPViews
+from training.decoded_batches import PAIR, SAME_IMAGE, PairRows, plan_epoch
 from training.losses import info_nce
+from training.streamed import SePPViews
 from training.trainer import TrainConfig, build_model, train
 
 

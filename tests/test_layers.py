@@ -76,3 +76,20 @@ def test_a_missing_extra_names_what_to_install():
         require_extra("no_such_pkg_xyz", "graph")
     assert isinstance(info.value, SemipairsError)  # the CLI ends it in one error line
     assert require_extra("json", "graph").dumps([1]) == "[1]"
+
+
+def test_old_import_paths_stay_for_one_release() -> None:
+    """Renamed modules (names that say what they hold) keep their old paths as thin re-exports."""
+    import semipairs.arrays
+    import semipairs.sources.hf_datasets
+    import semipairs.sources.hub
+    import semipairs.vectors
+    import training.batches
+    import training.data
+    import training.decoded_batches
+    import training.streamed
+
+    assert semipairs.vectors.Parts is semipairs.arrays.Parts
+    assert semipairs.sources.hub.HubImageSource is semipairs.sources.hf_datasets.HubImageSource
+    assert training.data.SePPViews is training.streamed.SePPViews
+    assert training.batches.plan_epoch is training.decoded_batches.plan_epoch

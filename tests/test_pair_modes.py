@@ -11,7 +11,7 @@ from semipairs.errors import SemipairsError
 from semipairs.pack import pack
 from semipairs.sources import open_source
 from tests.conftest import ring_pairs
-from training.batches import PAIR, PairRows, plan_epoch, samples_per_epoch
+from training.decoded_batches import PAIR, PairRows, plan_epoch, samples_per_epoch
 from training.trainer import TrainConfig, train
 
 

@@ -169,5 +169,5 @@ def test_refine_simsiam_says_it_uses_augmented_views_and_k_errors(checkpoints, c
     assert r.exit_code == 2 and "k=300 must be at least 1 and below the number of training nodes (300)" in r.output
     r = CliRunner().invoke(app, ["refine", "--checkpoint", str(checkpoints["moco"]), "--data", data, "--layers", "3",
                                  "--fanouts", "10,5", "--out", str(tmp_path / "f")])
-    assert r.exit_code == 2 and "--fanouts (config key 'fanouts'): [10, 5] must give one value >= 1 per layer (3 layers" in r.output
+    assert r.exit_code == 2 and "--fanouts (config key 'fanouts'): [10, 5] must give one value >= 1 per layer (3" in r.output
     assert not (tmp_path / "f").exists()  # refused before any embedding work

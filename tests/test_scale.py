@@ -28,10 +28,10 @@ from curation.mine import MiningConfig
 from curation.pipeline import CurateConfig, curate
 from curation.ranks import slice_of
 from curation.vectors import Rows, load_embeddings
+from semipairs.arrays import Parts, without_self
 from semipairs.cli import app
 from semipairs.errors import SemipairsError, SourceError
 from semipairs.sources import open_source
-from semipairs.vectors import Parts, without_self
 
 
 def clustered(n: int, d: int, classes: int = 12, noise: float = 0.9, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

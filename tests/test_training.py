@@ -20,8 +20,8 @@ from semipairs.pack import pack
 from semipairs.sources import open_source
 from tests.conftest import ring_pairs
 from training.checkpoint import load_checkpoint
-from training.data import SePPViews
 from training.evaluate import knn_top1
+from training.streamed import SePPViews
 from training.trainer import TrainConfig, train
 
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from semipairs.arrays import normalise_rows_, without_self
 from semipairs.errors import SemipairsError
-from semipairs.vectors import normalise_rows_, without_self
 
 
 class GraphError(SemipairsError):

@@ -32,8 +32,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from semipairs.atomic import remove_stale_temps, write_text
+from semipairs.budget import budget_from_gb
 from semipairs.dataset import PairDataset
-from semipairs.decoded import DecodedImages, budget_from_gb, decode_source
+from semipairs.decoded import DecodedImages, decode_source
 from semipairs.dist import broadcast_object, distributed
 from semipairs.errors import DivergedError, SemipairsError
 from semipairs.lock import exclusive
@@ -43,14 +44,14 @@ from semipairs.sources.base import ImageSource
 from training.augment import RECIPES
 from training.backbones import BackboneSpec, backbone_state, build_backbone
 from training.batch_augment import BatchRecipe
-from training.batches import PAIR, PairRows, plan_epoch, resolve_pairs, samples_per_epoch
 from training.checkpoint import backbone_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from training.configs import TrainConfig
-from training.data import SePPViews, check_pair_keys
+from training.decoded_batches import PAIR, PairRows, plan_epoch, resolve_pairs, samples_per_epoch
 from training.evaluate import evaluate_backbone
 from training.moco import MoCo
 from training.simclr import SimCLR
 from training.simsiam import SimSiam
+from training.streamed import SePPViews, check_pair_keys
 
 
 def _seed_all(seed: int) -> None:

@@ -43,7 +43,7 @@ def _embeddings(spec: str, arg: str) -> ImageSource:
 
 
 def _hub(spec: str, arg: str) -> ImageSource:
-    from semipairs.sources.hub import HubImageSource, parse_hf_spec
+    from semipairs.sources.hf_datasets import HubImageSource, parse_hf_spec
 
     return HubImageSource(spec, **parse_hf_spec(spec))
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from semipairs.arrays import Parts, degenerate_rows
 from semipairs.errors import SourceError
 from semipairs.sources.base import ImageSource, SourceItem, spec_options
-from semipairs.vectors import Parts, degenerate_rows
 
 _PART = re.compile(r"^(?:img_emb|metadata)_(\d+)\.(?:npy|parquet)$")
 
