@@ -86,9 +86,9 @@ def main() -> None:
 
     from curation.mine import MiningConfig
     from curation.pipeline import CurateConfig, curate
+    from semipairs.checkpoint import load_backbone
     from semipairs.dataset import load
     from semipairs.sources import open_source
-    from training.checkpoint import load_backbone
     from training.evaluate import evaluate_backbone
     from training.trainer import TrainConfig, train
 
@@ -160,8 +160,8 @@ def random_init_knn(train_src: str, test_src: str, args) -> float:
     """kNN top-1 of the untrained backbone (seed 0): the floor a budget must clear by 15 points."""
     import torch
 
+    from semipairs.backbones import BackboneSpec, build_backbone
     from semipairs.sources import open_source
-    from training.backbones import BackboneSpec, build_backbone
     from training.evaluate import evaluate_backbone
 
     torch.manual_seed(0)

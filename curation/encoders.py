@@ -20,7 +20,7 @@ from torchvision.transforms import v2
 from semipairs.errors import SemipairsError
 from semipairs.hashing import sha256_file
 from semipairs.manifest import EncoderInfo
-from training.augment import IMAGENET, evaluation, stats_for
+from semipairs.views import IMAGENET, evaluation, stats_for
 
 IMAGENET_MEAN, IMAGENET_STD = IMAGENET
 
@@ -223,7 +223,7 @@ def _open_clip(spec: str, arg: str, image_size: int | None) -> Encoder:
 
 
 def _ckpt(spec: str, arg: str, image_size: int | None) -> Encoder:
-    from training.checkpoint import load_backbone
+    from semipairs.checkpoint import load_backbone
 
     path = _checked_file(spec, arg)
     try:

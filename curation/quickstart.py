@@ -33,7 +33,7 @@ def next_version(dataset_dir: Path) -> str:
 
 def _knn_heldout(checkpoint: Path, source_spec: str, num_workers: int) -> float | None:
     """kNN top-1 (k=200, T=0.07) on every 5th image, the other four fifths as the memory bank."""
-    from training.checkpoint import load_backbone
+    from semipairs.checkpoint import load_backbone
     from training.evaluate import extract_features, knn_top1
 
     src = open_source(source_spec)

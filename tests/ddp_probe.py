@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 
 import semipairs
+from semipairs.backbones import BackboneSpec, build_backbone
 from semipairs.dist import init_distributed
-from training.backbones import BackboneSpec, build_backbone
 from training.moco import MoCo
 from training.trainer import TrainConfig, train
 

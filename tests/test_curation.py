@@ -129,8 +129,8 @@ def test_tiny_random_torchvision_model_from_a_weights_file(cifar_folder: Path, t
 
 
 def test_ckpt_timm_and_open_clip_encoders_offline(cifar_folder: Path, tmp_path: Path) -> None:
-    from training.backbones import BackboneSpec, build_backbone
-    from training.checkpoint import backbone_checkpoint
+    from semipairs.backbones import BackboneSpec, build_backbone
+    from semipairs.checkpoint import backbone_checkpoint
 
     spec = BackboneSpec("resnet18", cifar_stem=True, image_size=32)
     model, _ = build_backbone(spec)

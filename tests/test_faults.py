@@ -47,7 +47,7 @@ def test_a_run_killed_while_writing_a_checkpoint_keeps_the_last_good_one_and_res
     """SIGKILL in the middle of the second checkpoint write (epoch 2's, not yet renamed over epoch 1's): the
     epoch-1 checkpoint stays whole, the lock is left stale, and the same command run again takes the lock
     over, cleans the half-written temp and ends where an uninterrupted run ends, epoch 1's metrics kept."""
-    from training.checkpoint import load_checkpoint
+    from semipairs.checkpoint import load_checkpoint
 
     out = tmp_path / "run"
     _killed_at("checkpoint.write@2", _train(out))

@@ -79,7 +79,7 @@ def test_simclr_and_moco_take_partners_in_the_batch_as_positives(cifar_folder: P
 def test_a_batch_larger_than_the_queue_fills_it_with_its_newest_keys() -> None:
     import torch
 
-    from training.backbones import BackboneSpec, build_backbone
+    from semipairs.backbones import BackboneSpec, build_backbone
     from training.moco import MoCo
 
     backbone, dim = build_backbone(BackboneSpec("resnet18", image_size=16))

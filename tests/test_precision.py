@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 import semipairs.precision as precision
+from semipairs.checkpoint import load_checkpoint
 from semipairs.errors import DivergedError
 from semipairs.precision import Precision, agreement, candidates, select_precision, training_probe
-from training.checkpoint import load_checkpoint
 from training.trainer import TrainConfig, train
 
 
@@ -176,8 +176,8 @@ def test_an_absurd_learning_rate_ends_in_one_error_line_and_no_checkpoint(tmp_pa
 
 
 def test_features_that_are_not_finite_are_an_error_not_a_score(cifar_folder: Path) -> None:
+    from semipairs.backbones import BackboneSpec, build_backbone
     from semipairs.sources import open_source
-    from training.backbones import BackboneSpec, build_backbone
     from training.evaluate import extract_features
 
     model, _ = build_backbone(BackboneSpec("resnet18", image_size=16))

@@ -15,11 +15,11 @@ from torchvision.transforms import v2
 from typer.testing import CliRunner
 
 import semipairs
+from semipairs.checkpoint import load_checkpoint
 from semipairs.cli import app
 from semipairs.pack import pack
 from semipairs.sources import open_source
 from tests.conftest import ring_pairs
-from training.checkpoint import load_checkpoint
 from training.evaluate import knn_top1
 from training.streamed import SePPViews
 from training.trainer import TrainConfig, train
@@ -41,7 +41,7 @@ def _cfg(cifar_folder: Path, out: Path, **kw) -> TrainConfig:
 
 def test_real_moco_steps_lower_the_loss(cifar_folder: Path) -> None:
     """Backbone, projector, momentum encoder, queue, InfoNCE and SGD on 32 real images with light views."""
-    from training.backbones import BackboneSpec, build_backbone
+    from semipairs.backbones import BackboneSpec, build_backbone
     from training.moco import MoCo
 
     torch.manual_seed(0)

@@ -1,18 +1,13 @@
 """Augmentation recipes with torchvision transforms v2: MoCo-v2, its small-image (32 px) variant,
-SimSiam's, and the evaluation transform. A recipe maps one PIL image to one augmented tensor view."""
+SimSiam's (the evaluation view lives in ``semipairs.views``). A recipe maps one PIL image to one augmented
+tensor view."""
 
 from __future__ import annotations
 
 import torch
 from torchvision.transforms import v2
 
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-CIFAR = ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))
-
-
-def stats_for(size: int) -> tuple:
-    """Normalisation (mean, std): CIFAR's at <= 64 px, ImageNet's above."""
-    return CIFAR if size <= 64 else IMAGENET
+from semipairs.views import CIFAR, IMAGENET, evaluation, stats_for  # noqa: F401 - the evaluation view's home
 
 
 def moco_v2(size: int = 224) -> v2.Compose:
@@ -33,11 +28,6 @@ def moco_v2(size: int = 224) -> v2.Compose:
 def simsiam(size: int = 224) -> v2.Compose:
     """SimSiam (Chen & He 2021) trains with MoCo-v2's recipe (its paper's section 4 augmentations)."""
     return moco_v2(size)
-
-
-def evaluation(size: int = 224) -> v2.Compose:
-    resize = [v2.Resize(size, antialias=True), v2.CenterCrop(size)] if size > 64 else [v2.Resize((size, size), antialias=True)]
-    return v2.Compose([v2.ToImage(), *resize, v2.ToDtype(torch.float32, scale=True), v2.Normalize(*stats_for(size))])
 
 
 RECIPES = {"moco": moco_v2, "simsiam": simsiam, "simclr": moco_v2}  # SimCLR: the batched path uses the same views

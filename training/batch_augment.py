@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torchvision.ops import roi_align
 from torchvision.transforms.v2 import functional as TF
 
-from training.augment import stats_for
+from semipairs.views import stats_for
 
 
 @dataclass(frozen=True)

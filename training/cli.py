@@ -90,11 +90,11 @@ def eval_command(
     cfg = load_config(EvalConfig, config, _flags(locals()))
     import torch
 
+    from semipairs.checkpoint import load_backbone
     from semipairs.console import note
     from semipairs.console import out as console
     from semipairs.precision import precision_note, select_for_inference
     from semipairs.sources import open_source
-    from training.checkpoint import load_backbone
     from training.evaluate import evaluate_backbone
 
     model, spec, _ = load_backbone(cfg.checkpoint)

@@ -18,7 +18,8 @@ from semipairs.decoded import DecodedImages, decode_source
 from semipairs.errors import DivergedError, InvalidValueError
 from semipairs.precision import Precision, resolve_precision
 from semipairs.sources.base import ImageSource
-from training.augment import evaluation, moco_v2, stats_for
+from semipairs.views import evaluation, stats_for
+from training.augment import moco_v2
 from training.batch_augment import BatchRecipe
 
 

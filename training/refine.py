@@ -27,11 +27,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from semipairs.atomic import atomic_write
+from semipairs.checkpoint import backbone_from_state, load_checkpoint, save_checkpoint
 from semipairs.errors import DivergedError
 from semipairs.lock import exclusive
 from semipairs.precision import all_finite, precision_note, select_for_inference
 from semipairs.sources import open_source
-from training.checkpoint import backbone_from_state, load_checkpoint, save_checkpoint
 from training.configs import RefineConfig
 from training.evaluate import extract_features, knn_top1
 from training.gnn import GNNEncoder, gcn_norm_parts, sample_subgraph

@@ -32,7 +32,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from semipairs.atomic import remove_stale_temps, write_text
+from semipairs.backbones import BackboneSpec, backbone_state, build_backbone
 from semipairs.budget import budget_from_gb
+from semipairs.checkpoint import backbone_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from semipairs.dataset import PairDataset
 from semipairs.decoded import DecodedImages, decode_source
 from semipairs.dist import broadcast_object, distributed
@@ -42,9 +44,7 @@ from semipairs.precision import Precision, all_finite, precision_note, select_pr
 from semipairs.sources import open_source
 from semipairs.sources.base import ImageSource
 from training.augment import RECIPES
-from training.backbones import BackboneSpec, backbone_state, build_backbone
 from training.batch_augment import BatchRecipe
-from training.checkpoint import backbone_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from training.configs import TrainConfig
 from training.decoded_batches import PAIR, PairRows, plan_epoch, resolve_pairs, samples_per_epoch
 from training.evaluate import evaluate_backbone
