@@ -173,3 +173,34 @@ def test_curate_killed_after_an_embedding_chunk_resumes_from_the_cache(cifar_fol
     assert chunks[0].stat().st_mtime_ns == before  # reused, not recomputed
     assert len(list((store / ".cache").rglob("chunk-*.npz"))) == 3
     assert load(store / "c" / "1.0.0").verify().ok
+
+
+@pytest.mark.slow
+def test_refine_killed_while_writing_keeps_no_report_and_runs_again(cifar_folder: Path, tmp_path: Path) -> None:
+    """SIGKILL while the GNN checkpoint is written (the embeddings already replaced, the report not yet):
+    report.json, written last and removed before any output changes, is absent, so the directory reads as
+    unfinished; the same refinement run again cleans the killed writer's temp and lock and finishes."""
+    from training.configs import RefineConfig, TrainConfig
+    from training.refine import refine
+    from training.trainer import train
+
+    run, out = tmp_path / "run", tmp_path / "refined"
+    data = f"imagefolder:{cifar_folder}"
+    train(TrainConfig(method="moco", data=data, image_size=8, batch_size=100, max_steps=2, queue_size=200,
+                      precision="fp32", num_workers=0, out=run), progress=False)
+    cfg = RefineConfig(checkpoint=run / "checkpoint.pt", data=data, k=5, epochs=1, hidden=16, batch_size=256,
+                       num_workers=0, precision="fp32", out=out)
+    refine(cfg, progress=False, log=lambda _: None)
+    assert (out / "report.json").exists()
+    _killed_at("checkpoint.write", _cli("refine", "--config", str(_yaml(tmp_path / "r.yaml", cfg))))
+    assert not (out / "report.json").exists() and list(out.glob(".gnn.pt.*.tmp")) and lock_path(out).exists()
+    report = refine(cfg, progress=False, log=lambda _: None)
+    assert report["train_nodes"] == 300 and json.loads((out / "report.json").read_text())["train_nodes"] == 300
+    assert not list(out.glob(".*.tmp")) and not lock_path(out).exists()
+
+
+def _yaml(path: Path, cfg) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(json.loads(cfg.model_dump_json())))
+    return path

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from semipairs.atomic import atomic_write
+from semipairs.atomic import atomic_write, remove_stale_temps
 from semipairs.checkpoint import backbone_from_state, load_checkpoint, save_checkpoint
 from semipairs.errors import DivergedError
 from semipairs.lock import exclusive
@@ -166,10 +166,18 @@ def _knn(train_f, train_y, test_f, test_y, k: int) -> float | None:
     return round(knn_top1(train_f, train_y, test_f, test_y, k=k), 2)
 
 
+OUTPUTS = tuple(f"{stem}{ext}" for stem in ("refined", "raw", "refined-eval", "raw-eval") for ext in (".npy", ".keys.txt")) + (
+    "gnn.pt", "report.json")
+
+
 def refine(cfg: RefineConfig, progress: bool = True, log=print) -> dict[str, Any]:
     """The whole phase: embed both streams, build the graphs, train the GNN, write embeddings and a report.
-    One writer per ``cfg.out``: a second refinement into it is refused while this one runs."""
+    One writer per ``cfg.out``: a second refinement into it is refused while this one runs. ``report.json`` is
+    written last and removed before the first output is replaced: a directory without it holds no finished
+    refinement (a killed one: run the same command again)."""
     with exclusive(cfg.out, "a refinement into this directory"):
+        for name in OUTPUTS:  # what a killed refinement left half-written (never over a finished file)
+            remove_stale_temps(cfg.out / name)
         return _refine(cfg, progress, log)
 
 
@@ -183,6 +191,7 @@ def _refine(cfg: RefineConfig, progress: bool, log) -> dict[str, Any]:
     x = {v: torch.cat([tr[v]] + ([ev[v]] if ev else [])) for v in ("student", "teacher")}
     online, losses = train_gnn(x, graphs, cfg, device, progress)
     refined = refined_embeddings(online, x, graphs, device, cfg.center)
+    (cfg.out / "report.json").unlink(missing_ok=True)  # from here on outputs change: an earlier report never vouches
     n = len(tr["keys"])
     report: dict[str, Any] = {
         "checkpoint": str(cfg.checkpoint), "data": cfg.data, "eval_data": cfg.eval_data, "teacher_stream": streams["teacher"],
