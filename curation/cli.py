@@ -8,8 +8,8 @@ from pathlib import Path
 
 import typer
 
-from curation.config import CurateConfig, MiningConfig
-from semipairs.config import option
+from curation.config import CurateConfig, MiningConfig, QuickstartConfig
+from semipairs.config import load_config, option
 
 EXAMPLE = (
     "Example: semipairs curate --source imagefolder:photos --encoder open_clip:ViT-B-32/laion2b_s34b_b79k "
@@ -102,19 +102,23 @@ def audit_command(
 
 
 def quickstart_command(
-    out_dir: Path = typer.Option(Path("semipairs-quickstart"), "--out", help="Where the store, runs and audit go."),
-    source: str = typer.Option("digits", help="Labelled image source (default: scikit-learn's bundled digits, offline)."),
-    steps: int = typer.Option(150, min=1, help="Optimizer steps of each of the two training runs."),
-    image_size: int = typer.Option(16, min=8, help="Training input size (digits are 8 px, upsampled)."),
+    out: Path | None = option(QuickstartConfig, "out"),
+    source: str | None = option(QuickstartConfig, "source"),
+    steps: int | None = option(QuickstartConfig, "steps"),
+    image_size: int | None = option(QuickstartConfig, "image_size"),
+    config: Path | None = typer.Option(None, help="YAML config: keys are the option names with underscores; flags "
+                                       "override them."),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Offline tour: pretrain MoCo-v2, curate pairs with it, audit, retrain with the pairs, compare kNN top-1."""
+    cfg = load_config(QuickstartConfig, config, {k: v for k, v in locals().items() if k not in ("config", "as_json")})
     from rich.table import Table
 
     from curation.quickstart import run_quickstart
-    from semipairs.console import note, out
+    from semipairs.console import note
+    from semipairs.console import out as console
 
-    result = run_quickstart(out_dir, source=source, steps=steps, image_size=image_size, progress=not as_json,
+    result = run_quickstart(cfg.out, source=cfg.source, steps=cfg.steps, image_size=cfg.image_size, progress=not as_json,
                             log=(lambda _: None) if as_json else note)
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
@@ -129,8 +133,8 @@ def quickstart_command(
     for r in result["rows"]:
         knn = "-" if r["knn_top1"] is None else f"{r['knn_top1']:.1f}%"
         t.add_row(r["run"], "-" if r["pairs"] is None else str(r["pairs"]), pct(r["label_precision"]), pct(r["coverage"]), knn)
-    out.print(t)
-    out.print(f"pair dataset: {result['dataset']}\naudit report: {result['audit']}\n"
+    console.print(t)
+    console.print(f"pair dataset: {result['dataset']}\naudit report: {result['audit']}\n"
               f"runs: {Path(result['out']) / 'runs'}   ({result['seconds']:.0f} s)", soft_wrap=True, highlight=False)
 
 

@@ -98,3 +98,13 @@ class CurateConfig(BaseModel):
     def from_sources(cls, yaml_path: Path | None, overrides: dict[str, Any]) -> CurateConfig:
         """``load_config`` with the mining keys (top level or under ``mining`` in YAML, bare as flags) nested."""
         return load_config(cls, yaml_path, overrides, nested={"mining": MiningConfig})
+
+
+class QuickstartConfig(BaseModel):
+    """The tour's knobs; YAML keys and ``quickstart`` flags share these names."""
+
+    model_config = ConfigDict(extra="forbid")
+    out: Path = Field(Path("semipairs-quickstart"), description="Where the store, runs and audit go.")
+    source: str = Field("digits", description="Labelled image source (default: scikit-learn's bundled digits, offline).")
+    steps: int = Field(150, ge=1, description="Optimizer steps of each of the two training runs.")
+    image_size: int = Field(16, ge=8, description="Training input size (digits are 8 px, upsampled).")

@@ -6,8 +6,6 @@ Built with huggingface_hub's DatasetCard, so the metadata is what the Hub valida
 
 from __future__ import annotations
 
-from huggingface_hub import DatasetCard, DatasetCardData
-
 from semipairs.manifest import DATA_DIR, PAIRS_NAME, Manifest
 
 
@@ -19,6 +17,8 @@ def size_category(n: int) -> str:
 
 def render_card(m: Manifest, license: str = "other", audit_summary: str | None = None) -> str:
     path = f"{DATA_DIR}/*.tar" if m.layout == "embedded" else PAIRS_NAME
+    from huggingface_hub import DatasetCard, DatasetCardData  # when a card is written: the CLI starts without it
+
     data = DatasetCardData(
         pretty_name=f"{m.name} {m.version} (semantic positive pairs)",
         license=license,

@@ -12,8 +12,9 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from semipairs.config import load_config, option
 from semipairs.console import GuardedTyper, err, fail, out
-from semipairs.errors import InvalidValueError
+from semipairs.pack import PackConfig
 
 app = GuardedTyper(
     name="semipairs",
@@ -47,22 +48,24 @@ def _print_json(obj: Any) -> None:
     epilog="Example: semipairs pack --source imagefolder:photos --pairs pairs.csv --store store --name mypairs --version 1.0.0"
 )
 def pack(
-    source: str = typer.Option(..., help="Image source holding the keys (imagefolder:DIR, webdataset:PATTERN, digits, ...)."),
-    pairs: Path = typer.Option(..., help="Pair list (.csv/.tsv/.parquet) with anchor_key, positive_key and optional score."),
-    store: Path = typer.Option(..., help="Store root; the version lands in STORE/NAME/VERSION."),
-    name: str = typer.Option(..., help="Dataset name."),
-    version: str = typer.Option("1.0.0", help="Semver version; an existing version is never overwritten."),
-    layout: str = typer.Option("embedded", help="embedded (images in shards) or reference (keys only)."),
-    shard_size: int = typer.Option(5000, min=1, help="Pairs per shard."),
+    source: str | None = option(PackConfig, "source"),
+    pairs: Path | None = option(PackConfig, "pairs"),
+    store: Path | None = option(PackConfig, "store"),
+    name: str | None = option(PackConfig, "name"),
+    version: str | None = option(PackConfig, "version"),
+    layout: str | None = option(PackConfig, "layout"),
+    shard_size: int | None = option(PackConfig, "shard_size"),
+    config: Path | None = typer.Option(None, help="YAML config: keys are the option names with underscores; flags "
+                                       "override them."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Publish a pair list made elsewhere as a verified, versioned pair dataset."""
+    cfg = load_config(PackConfig, config, {k: v for k, v in locals().items() if k not in ("config", "as_json")})
     from semipairs.dataset import PairDataset
     from semipairs.pack import pack as do_pack
 
-    if layout not in ("embedded", "reference"):
-        fail(InvalidValueError(f"--layout must be 'embedded' or 'reference', not {layout!r}"))
-    path = do_pack(source, pairs, store, name, version, layout=layout, shard_size=shard_size, progress=not as_json)  # type: ignore[arg-type]
+    path = do_pack(cfg.source, cfg.pairs, cfg.store, cfg.name, cfg.version, layout=cfg.layout, shard_size=cfg.shard_size,
+                   progress=not as_json)
     info_ = PairDataset(path).info()
     if as_json:
         _print_json(info_)

@@ -38,11 +38,13 @@ def examples(epilog: str) -> list[list[str]]:
 def test_every_commands_help_example_parses_and_validates():
     """The examples users copy from --help: every flag exists, every value has the flag's type, and for the
     commands with a config model the values pass its validation (a renamed flag or choice breaks this)."""
-    from curation.config import CurateConfig
+    from curation.config import CurateConfig, QuickstartConfig
     from semipairs.config import load_config
+    from semipairs.pack import PackConfig
     from training.configs import EvalConfig, RefineConfig, TrainConfig
 
-    models = {"train": TrainConfig, "eval": EvalConfig, "refine": RefineConfig}
+    models = {"train": TrainConfig, "eval": EvalConfig, "refine": RefineConfig, "pack": PackConfig,
+              "quickstart": QuickstartConfig}
     group = typer.main.get_command(app)
     for name, command in group.commands.items():
         lines = examples(command.epilog or "")
