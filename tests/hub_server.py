@@ -49,6 +49,9 @@ class Repo:
 class HubState:
     repos: dict[tuple[str, str], Repo] = field(default_factory=dict)
     truncate: set[str] = field(default_factory=set)
+    stall: set[str] = field(default_factory=set)  # send half, then hold the connection until ``release``
+    stalled: threading.Event = field(default_factory=threading.Event)
+    release: threading.Event = field(default_factory=threading.Event)
     token: str | None = None
     requests: list[str] = field(default_factory=list)
     auth_headers: list[str] = field(default_factory=list)
@@ -339,6 +342,19 @@ class _Handler(BaseHTTPRequestHandler):
             body = data[start:end + 1]
             status = 206
             headers["Content-Range"] = f"bytes {start}-{start + len(body) - 1}/{len(data)}"
+        if not head and file in self.state.stall:
+            # Half the file, then nothing: a download in progress, for a test to kill its client in the middle.
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.state.stalled.set()
+            self.state.release.wait(120)
+            self.close_connection = True
+            return
         if not head and file in self.state.truncate:
             # Promise the whole file, send half, hang up: a download cut off half way.
             self.send_response(status)

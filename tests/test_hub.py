@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -129,6 +131,37 @@ def test_hub_failures_are_clear_and_nothing_partial_is_kept(hub, tmp_path: Path)
     """)
     r = cli(hub, "pull", "me/plain")
     assert r.returncode == 2 and "is not a semipairs dataset" in r.stderr
+
+
+@pytest.mark.slow
+def test_a_pull_killed_mid_download_leaves_nothing_loadable_and_runs_again(hub, tmp_path: Path) -> None:
+    """SIGKILL while a shard is half sent (huggingface_hub's .incomplete file open in the cache): nothing
+    loads from the cache, even offline, and the same pull run again completes and verifies."""
+    v1 = digits_version(tmp_path, "dig", "1.0.0")
+    assert cli(hub, "push", str(v1), "me/dig").returncode == 0
+    hub.state.stall.add("data/pairs-000001.tar")
+    proc = subprocess.Popen([sys.executable, "-m", "semipairs.cli", "pull", "me/dig@v1.0.0"], env=hub.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert hub.state.stalled.wait(120), "the pull never reached the shard"
+        cache = Path(hub.env["HF_HOME"])
+        end = time.monotonic() + 60
+        while not list(cache.rglob("*.incomplete")):  # the shard's download has begun (its bytes still in flight)
+            assert proc.poll() is None and time.monotonic() < end, sorted(str(p) for p in cache.rglob("*"))
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(30) == -signal.SIGKILL
+    finally:
+        hub.state.release.set()
+    offline = cli(hub, "pull", "me/dig@v1.0.0", env={**hub.env, "HF_HUB_OFFLINE": "1"})
+    assert offline.returncode == 2 and "Traceback" not in offline.stderr  # a half download is not a dataset
+    hub.state.stall.clear()
+    r = cli(hub, "pull", "me/dig@v1.0.0", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["content_hash"] == json.loads(cli(hub, "info", str(v1), "--json").stdout)["content_hash"]
+    # huggingface_hub names each writer's partial file apart (BLOB.RANDOM.incomplete) and never reads another's:
+    # the killed one's stays as litter of its cache, ignored; the completed snapshot now loads offline too.
+    assert cli(hub, "pull", "me/dig@v1.0.0", env={**hub.env, "HF_HUB_OFFLINE": "1"}).returncode == 0
 
 
 @pytest.mark.slow
