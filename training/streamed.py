@@ -74,12 +74,12 @@ class SePPViews(IterableDataset):
             got = 0
             for anchor, positive, meta in self.pairs.to_torch(decode=False):
                 if take >= 1.0 or rng.random() < take:
-                    got += 1
                     a = read_or_skip(lambda x=anchor: decode_image(x), f"pair {meta['pair_id']} anchor", record)
                     p = read_or_skip(lambda x=positive: decode_image(x), f"pair {meta['pair_id']} positive", record)
                     if a is not None and p is not None:
+                        got += 1
                         yield a, p, int(meta["pair_id"])
-            if not got:
+            if not got:  # nothing (readable) in this reader's shards: its quota ends here, never a busy loop
                 return
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, dict[str, int]]]:
