@@ -18,9 +18,10 @@ from semipairs.errors import StoreError
 from semipairs.lock import exclusive, lock_path
 
 
-def _train(out: Path, epochs: int = 3) -> list[str]:
-    return [sys.executable, "-m", "semipairs.cli", "train", "--method", "moco", "--data", "digits", "--image-size", "8",
-            "--batch-size", "512", "--epochs", str(epochs), "--precision", "fp32", "--num-workers", "0", "--out", str(out)]
+def _train(out: Path, epochs: int = 3, data: str = "digits", batch_size: int = 512) -> list[str]:
+    return [sys.executable, "-m", "semipairs.cli", "train", "--method", "moco", "--data", data, "--image-size", "8",
+            "--batch-size", str(batch_size), "--epochs", str(epochs), "--precision", "fp32", "--num-workers", "0",
+            "--out", str(out)]
 
 
 def _wait_for(pred, proc: subprocess.Popen, timeout: float = 240) -> None:
@@ -43,19 +44,21 @@ def test_a_second_writer_is_refused_and_the_holder_keeps_its_output(tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_a_run_killed_while_writing_a_checkpoint_keeps_the_last_good_one_and_resumes(tmp_path: Path) -> None:
+def test_a_run_killed_while_writing_a_checkpoint_keeps_the_last_good_one_and_resumes(cifar_folder: Path,
+                                                                                     tmp_path: Path) -> None:
     """SIGKILL in the middle of the second checkpoint write (epoch 2's, not yet renamed over epoch 1's): the
     epoch-1 checkpoint stays whole, the lock is left stale, and the same command run again takes the lock
     over, cleans the half-written temp and ends where an uninterrupted run ends, epoch 1's metrics kept."""
     from semipairs.checkpoint import load_checkpoint
 
     out = tmp_path / "run"
-    _killed_at("checkpoint.write@2", _train(out))
+    cmd = _train(out, data=f"imagefolder:{cifar_folder}", batch_size=100)  # 3 steps an epoch
+    _killed_at("checkpoint.write@2", cmd)
     assert lock_path(out).exists() and list(out.glob(".checkpoint.pt.*.tmp"))  # what the kill left
     state = load_checkpoint(out / "checkpoint.pt")
     done = json.loads(state["metrics_epochs"])  # metrics.json may lag by a write
     assert state["epoch"] == 1 and [e["epoch"] for e in done] == [1]
-    again = subprocess.run(_train(out), capture_output=True, text=True, timeout=300)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     epochs = json.loads((out / "metrics.json").read_text())["epochs"]
     assert [e["epoch"] for e in epochs] == [1, 2, 3] and epochs[:1] == done  # resumed, the finished epoch kept
