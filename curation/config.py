@@ -7,11 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from semipairs.config import load_config
 from semipairs.errors import InvalidValueError
-from semipairs.manifest import check_name, check_version
+from semipairs.manifest import DatasetName, SemVer
 
 
 class MiningConfig(BaseModel):
@@ -49,8 +49,8 @@ class CurateConfig(BaseModel):
                          "torchvision:NAME[/W|FILE|random], ckpt:PATH or pixels[:SIZE] (the image downsampled to 16x16, "
                          "mean removed: a no-model baseline; use a real encoder for semantic pairs).")
     store: Path = Field(description="Store root; the version lands in STORE/NAME/VERSION.")
-    name: str = Field(description="Dataset name.")
-    version: str = Field("1.0.0", description="Semver version.")
+    name: DatasetName = Field(description="Dataset name.")
+    version: SemVer = Field("1.0.0", description="Semver version.")
     layout: Literal["embedded", "reference"] | None = Field(
         None, description="embedded (images in shards) or reference (default embedded; reference for embeddings:DIR).")
     embeddings: Path | None = Field(None, description="Precomputed .npy embeddings in source order (skips the encoder).")
@@ -83,16 +83,6 @@ class CurateConfig(BaseModel):
     shard_size: int = 5000
     audit: bool = Field(True, description="write audit/ (metrics, plots, report.html) into the version")
     mining: MiningConfig = Field(default_factory=MiningConfig)
-
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, v: str) -> str:
-        return check_name(v)  # checked before any image is read, with the message pack gives
-
-    @field_validator("version")
-    @classmethod
-    def _semver(cls, v: str) -> str:
-        return check_version(v)
 
     @classmethod
     def from_sources(cls, yaml_path: Path | None, overrides: dict[str, Any]) -> CurateConfig:

@@ -10,9 +10,9 @@ import json
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from semipairs.errors import FormatVersionError, InvalidValueError, ManifestError
 
@@ -49,6 +49,10 @@ def check_name(name: str) -> str:
             "'.', '_' or '-' (at most 96 characters)"
         )
     return name
+
+
+DatasetName = Annotated[str, AfterValidator(check_name)]  # a field checked like ``pack`` checks --name
+SemVer = Annotated[str, AfterValidator(check_version)]
 
 
 def semver_key(version: str) -> tuple:
@@ -165,8 +169,8 @@ class ReviewRecord(_Model):
 class Manifest(_Model):
     format: Literal["semipairs"] = FORMAT_NAME
     format_version: int = FORMAT_VERSION
-    name: str
-    version: str
+    name: DatasetName
+    version: SemVer
     created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     created_with: str
     layout: Layout
@@ -179,16 +183,6 @@ class Manifest(_Model):
     parent: ParentRef | None = None
     review: ReviewRecord | None = None
     content_hash: str
-
-    @field_validator("name")
-    @classmethod
-    def _valid_name(cls, v: str) -> str:
-        return check_name(v)
-
-    @field_validator("version")
-    @classmethod
-    def _valid_version(cls, v: str) -> str:
-        return check_version(v)
 
     @field_validator("format_version")
     @classmethod

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from semipairs.errors import PairsError
-from semipairs.manifest import Layout, MiningInfo, check_name, check_version
+from semipairs.manifest import DatasetName, Layout, MiningInfo, SemVer
 from semipairs.publish import PublishRequest, new_version_dir, publish
 from semipairs.sources import open_source
 from semipairs.sources.base import ImageSource
@@ -23,20 +23,10 @@ class PackConfig(BaseModel):
     source: str = Field(description="Image source holding the keys (imagefolder:DIR, webdataset:PATTERN, digits, ...).")
     pairs: Path = Field(description="Pair list (.csv/.tsv/.parquet) with anchor_key, positive_key and optional score.")
     store: Path = Field(description="Store root; the version lands in STORE/NAME/VERSION.")
-    name: str = Field(description="Dataset name.")
-    version: str = Field("1.0.0", description="Semver version; an existing version is never overwritten.")
+    name: DatasetName = Field(description="Dataset name.")
+    version: SemVer = Field("1.0.0", description="Semver version; an existing version is never overwritten.")
     layout: Layout = Field("embedded", description="embedded (images in shards) or reference (keys only).")
     shard_size: int = Field(5000, ge=1, description="Pairs per shard.")
-
-    @field_validator("name")
-    @classmethod
-    def _safe_name(cls, v: str) -> str:
-        return check_name(v)
-
-    @field_validator("version")
-    @classmethod
-    def _semver(cls, v: str) -> str:
-        return check_version(v)
 
 
 def complete_pairs(df: pd.DataFrame, source: ImageSource, where: str) -> tuple[pd.DataFrame, int]:

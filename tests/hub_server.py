@@ -342,8 +342,9 @@ class _Handler(BaseHTTPRequestHandler):
             body = data[start:end + 1]
             status = 206
             headers["Content-Range"] = f"bytes {start}-{start + len(body) - 1}/{len(data)}"
-        if not head and file in self.state.stall:
-            # Half the file, then nothing: a download in progress, for a test to kill its client in the middle.
+        if not head and file in self.state.stall | self.state.truncate:
+            # Promise the whole file, send half; then hang up (truncate: a download cut off half way) or hold
+            # the connection until released (stall: a download in progress, for a test to kill its client).
             self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             for k, v in headers.items():
@@ -351,19 +352,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
-            self.state.stalled.set()
-            self.state.release.wait(120)
-            self.close_connection = True
-            return
-        if not head and file in self.state.truncate:
-            # Promise the whole file, send half, hang up: a download cut off half way.
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
-            for k, v in headers.items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(body[: len(body) // 2])
-            self.wfile.flush()
+            if file in self.state.stall:
+                self.state.stalled.set()
+                self.state.release.wait(120)
             self.close_connection = True
             return
         self._send(status, body, ctype="application/octet-stream", headers=headers, head=head)
