@@ -67,7 +67,9 @@ def option(model: type[BaseModel], name: str, *decls: str, **kwargs: Any) -> Any
     field = model.model_fields[name]
     text = kwargs.pop("help", None) or field.description or name.replace("_", " ").capitalize() + "."
     default = field.default
-    if default is not PydanticUndefined and default is not None and "default" not in text:
+    if field.is_required():
+        text = f"{text} [required: a flag or a config key]"
+    elif default is not None and default is not PydanticUndefined and "default" not in text:
         pair = next((d.split("/") for d in decls if "/" in d), None)  # --cifar-stem/--imagenet-stem
         shown = (pair[0] if default else pair[1]) if isinstance(default, bool) and pair else default
         shown = str(shown).lower() if isinstance(shown, bool) else shown
