@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 
 from curation.config import CurateConfig, MiningConfig, QuickstartConfig
-from semipairs.config import load_config, option
+from semipairs.config import config_option, flags, load_config, option
 
 EXAMPLE = (
     "Example: semipairs curate --source imagefolder:photos --encoder open_clip:ViT-B-32/laion2b_s34b_b79k "
@@ -47,12 +47,11 @@ def curate_command(
     key_column: str | None = option(CurateConfig, "key_column"),
     label_column: str | None = option(CurateConfig, "label_column"),
     seed: int | None = option(MiningConfig, "seed"),
-    config: Path | None = typer.Option(None, help="YAML config: keys are the option names with underscores (mining keys at the "
-                                       "top level or under mining:); flags override them."),
+    config: Path | None = config_option(" (mining keys at the top level or under mining:)"),
     as_json: bool = typer.Option(False, "--json", help="Print the published path and stats as JSON."),
 ) -> None:
     """Mine semantic positive pairs from an image collection and publish them as a pair dataset."""
-    cfg = CurateConfig.from_sources(config, {k: v for k, v in locals().items() if k not in ("config", "as_json")})
+    cfg = CurateConfig.from_sources(config, flags(locals()))
     from curation.pipeline import curate
     from semipairs.console import out
 
@@ -106,12 +105,11 @@ def quickstart_command(
     source: str | None = option(QuickstartConfig, "source"),
     steps: int | None = option(QuickstartConfig, "steps"),
     image_size: int | None = option(QuickstartConfig, "image_size"),
-    config: Path | None = typer.Option(None, help="YAML config: keys are the option names with underscores; flags "
-                                       "override them."),
+    config: Path | None = config_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the results as JSON."),
 ) -> None:
     """Offline tour: pretrain MoCo-v2, curate pairs with it, audit, retrain with the pairs, compare kNN top-1."""
-    cfg = load_config(QuickstartConfig, config, {k: v for k, v in locals().items() if k not in ("config", "as_json")})
+    cfg = load_config(QuickstartConfig, config, flags(locals()))
     from rich.table import Table
 
     from curation.quickstart import run_quickstart

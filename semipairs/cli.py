@@ -12,7 +12,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from semipairs.config import load_config, option
+from semipairs.config import config_option, flags, load_config, option
 from semipairs.console import GuardedTyper, err, fail, out
 from semipairs.pack import PackConfig
 
@@ -55,12 +55,11 @@ def pack(
     version: str | None = option(PackConfig, "version"),
     layout: str | None = option(PackConfig, "layout"),
     shard_size: int | None = option(PackConfig, "shard_size"),
-    config: Path | None = typer.Option(None, help="YAML config: keys are the option names with underscores; flags "
-                                       "override them."),
+    config: Path | None = config_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Publish a pair list made elsewhere as a verified, versioned pair dataset."""
-    cfg = load_config(PackConfig, config, {k: v for k, v in locals().items() if k not in ("config", "as_json")})
+    cfg = load_config(PackConfig, config, flags(locals()))
     from semipairs.dataset import PairDataset
     from semipairs.pack import pack as do_pack
 

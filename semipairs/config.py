@@ -75,3 +75,13 @@ def option(model: type[BaseModel], name: str, *decls: str, **kwargs: Any) -> Any
         shown = str(shown).lower() if isinstance(shown, bool) else shown
         text = f"{text} [default: {shown}]"
     return typer.Option(None, *decls, help=text, show_default=False, **kwargs)
+
+
+def config_option(keys: str = "") -> Any:
+    """The ``--config`` option of every job command (``keys`` adds where a command's nested keys may sit)."""
+    return typer.Option(None, help=f"YAML config: keys are the option names with underscores{keys}; flags override them.")
+
+
+def flags(given: dict[str, Any]) -> dict[str, Any]:
+    """A command's option values by config key: its ``locals()`` less ``config`` and ``--json``."""
+    return {k: v for k, v in given.items() if k not in ("config", "as_json")}

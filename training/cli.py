@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from semipairs.config import load_config, option
+from semipairs.config import config_option, flags, load_config, option
 from semipairs.errors import InvalidValueError
 from training.configs import EvalConfig, RefineConfig, TrainConfig
 
@@ -17,12 +17,6 @@ TRAIN_EXAMPLE = ("Example: semipairs train --method moco --data cifar10:data --p
                  "(multi-GPU: torchrun --nproc_per_node 8 -m semipairs.cli train ...)")
 EVAL_EXAMPLE = ("Example: semipairs eval --checkpoint runs/moco/checkpoint.pt --train cifar10:data --test cifar10:data:test "
                 "--linear")
-CONFIG = typer.Option(None, help="YAML config: keys are the option names with underscores; flags override them.")
-
-
-def _flags(given: dict) -> dict:
-    """A command's option values by config key (everything but --config and --json)."""
-    return {k: v for k, v in given.items() if k not in ("config", "as_json")}
 REFINE_EXAMPLE = ("Example: semipairs refine --checkpoint runs/moco/checkpoint.pt --data cifar10:data "
                   "--eval-data cifar10:data:test --k 10 --conv sage --epochs 10 --out refined/moco")
 
@@ -54,16 +48,16 @@ def train_command(
     compile: bool | None = option(TrainConfig, "compile", "--compile/--no-compile"),
     seed: int | None = option(TrainConfig, "seed"),
     out: Path | None = option(TrainConfig, "out"),
-    config: Path | None = CONFIG,
+    config: Path | None = config_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the final metrics as JSON."),
 ) -> None:
     """Train MoCo-v2, SimSiam or SimCLR, optionally with semantic pairs and ReCo; resumes from RUN/checkpoint.pt."""
-    flags = _flags(locals())
+    given = flags(locals())
     from semipairs.console import note
     from semipairs.console import out as console
     from training.trainer import train
 
-    cfg = load_config(TrainConfig, config, flags)
+    cfg = load_config(TrainConfig, config, given)
     metrics = train(cfg, progress=not as_json, log=note)
     last = metrics["epochs"][-1] if metrics["epochs"] else {}
     summary = {"out": str(cfg.out), "epochs": len(metrics["epochs"]), "loss": last.get("loss"), "knn_top1": last.get("knn_top1")}
@@ -83,11 +77,11 @@ def eval_command(
     k: int | None = option(EvalConfig, "k"),
     num_workers: int | None = option(EvalConfig, "num_workers"),
     precision: str | None = option(EvalConfig, "precision"),
-    config: Path | None = CONFIG,
+    config: Path | None = config_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """kNN (k=200, T=0.07) and optional linear-probe top-1 of a checkpoint's backbone."""
-    cfg = load_config(EvalConfig, config, _flags(locals()))
+    cfg = load_config(EvalConfig, config, flags(locals()))
     import torch
 
     from semipairs.checkpoint import load_backbone
@@ -130,16 +124,16 @@ def refine_command(
     decline_worse: bool | None = option(RefineConfig, "decline_worse", "--decline-worse/--keep-worse"),
     seed: int | None = option(RefineConfig, "seed"),
     out: Path | None = option(RefineConfig, "out"),
-    config: Path | None = CONFIG,
+    config: Path | None = config_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Refine a checkpoint's embeddings with a GNN over kNN graphs (GraphNNCLR); compare kNN top-1 raw vs refined."""
-    flags = _flags(locals())
+    given = flags(locals())
     try:
-        flags["fanouts"] = None if fanouts is None else [int(f) for f in fanouts.split(",")]
+        given["fanouts"] = None if fanouts is None else [int(f) for f in fanouts.split(",")]
     except ValueError:
         raise InvalidValueError(f"--fanouts {fanouts!r}: give integers separated by commas, such as 15,10") from None
-    cfg = load_config(RefineConfig, config, flags)
+    cfg = load_config(RefineConfig, config, given)
     from rich.table import Table
 
     from semipairs.console import note
