@@ -240,10 +240,15 @@ SAME_BUDGET = ("train_images", "test_images", "backbone", "cifar_stem", "image_s
                "method", "knn", "random_init_knn")
 
 
+def setting_of(result: dict) -> dict:
+    """A result's setting; results written before --lr existed ran at base LR 0.06."""
+    return {"lr": 0.06, **result["setting"]}
+
+
 def earlier_baseline(path: str, setting: dict, seed: int) -> dict:
     """The baseline row of ``seed`` from an earlier run of the same budget on the same CPU kind, or SystemExit."""
     old = json.loads(Path(path).read_text())
-    old_setting = {"lr": 0.06, **old["setting"]}  # results written before --lr existed ran at 0.06
+    old_setting = setting_of(old)
     differ = [k for k in SAME_BUDGET if old_setting.get(k) != setting.get(k)]
     if differ:
         raise SystemExit(f"error: {path}: another budget ({', '.join(differ)} differ); train the baseline again")
@@ -259,11 +264,11 @@ def merge_curves(paths: list[str]) -> dict:
     """Runs of several curve results as one: same budget (``SAME_BUDGET``) and CPU kind, or SystemExit; a run
     measured twice (same seed and kind and precision) keeps its first row."""
     results = [json.loads(Path(p).read_text()) for p in paths]
-    first = {"lr": 0.06, **results[0]["setting"]}
+    first = setting_of(results[0])
     merged = {**results[0], "setting": first, "runs": [], "merged_from": paths}
     seen = set()
     for path, res in zip(paths, results):
-        setting = {"lr": 0.06, **res["setting"]}
+        setting = setting_of(res)
         differ = [k for k in SAME_BUDGET if setting.get(k) != first.get(k)]
         if differ or res["machine"]["cpu_flags"] != results[0]["machine"]["cpu_flags"]:
             raise SystemExit(f"error: {path}: another budget or CPU kind than {paths[0]} ({', '.join(differ) or 'cpu_flags'})")
