@@ -1,12 +1,20 @@
-"""WebDataset pair shards: a streaming writer and a reader, both on webdataset's own tar code.
+"""WebDataset pair shards: a streaming writer on webdataset's TarWriter, and a torch-free reader.
 
 One sample is one pair: ``<pair_id>.anchor.<ext>``, ``<pair_id>.positive.<ext>``, ``<pair_id>.json``.
 Shard member names hold only the zero-padded pair id; source keys live in the json.
+
+The reader groups members the way ``webdataset.tariterators`` does (key = the name up to the first dot of
+its last component, lower-cased suffix, regular files only, ``__meta__`` members skipped, a repeated field
+is an error; ``tests/test_shards.py`` checks both agree), on the standard library's ``tarfile``: importing
+webdataset imports torch, 3 s on a 2-core CPU, and ``verify``, ``load``, ``push``, ``pull`` and ``audit``
+only read tars.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,12 +112,10 @@ def iter_shard(path: str | Path, expected: int | None = None) -> Iterator[dict[s
     Any read failure, an incomplete sample or fewer samples than ``expected`` raises ShardReadError
     naming the shard: a cut-off shard must not pass for a short one.
     """
-    from webdataset.tariterators import tarfile_samples
-
     path = str(path)
     n = 0
     try:
-        for sample in tarfile_samples([{"url": path}]):
+        for sample in _tar_samples(path):
             fields = [k for k in sample if not k.startswith("__")]
             if "json" not in fields or not any(k.startswith("anchor.") for k in fields) or not any(
                 k.startswith("positive.") for k in fields
@@ -123,6 +129,34 @@ def iter_shard(path: str | Path, expected: int | None = None) -> Iterator[dict[s
         raise ShardReadError(f"{path}: cannot read shard after {n} samples: {type(exc).__name__}: {exc}") from None
     if expected is not None and n != expected:
         raise ShardReadError(f"{path}: shard holds {n} samples, the manifest says {expected} (truncated?)")
+
+
+_MEMBER = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext: (key, suffix)
+_META = re.compile(r"__[^/]*__($|/)")
+
+
+def _tar_samples(path: str) -> Iterator[dict[str, Any]]:
+    """Consecutive tar members with one key as one sample dict (``__key__``, ``__url__``, suffix -> bytes)."""
+    sample: dict[str, Any] | None = None
+    with tarfile.open(path, mode="r|*") as stream:
+        for member in stream:
+            if not member.isreg() or _META.match(member.name):
+                continue
+            match = _MEMBER.match(member.name)
+            if not match:
+                continue
+            key, suffix = match[1], match[2].lower()
+            data = stream.extractfile(member).read()
+            if sample is None or key != sample["__key__"]:
+                if sample is not None:
+                    yield sample
+                sample = {"__key__": key, "__url__": path}
+            if suffix in sample:
+                raise ValueError(f"{member.name}: duplicate file name in tar file")
+            sample[suffix] = data
+            stream.members = []  # a streamed tar keeps every header otherwise
+    if sample is not None:
+        yield sample
 
 
 def split_sample(sample: dict[str, Any]) -> tuple[bytes, bytes, dict[str, Any]]:

@@ -4,7 +4,10 @@ Tests point ``HF_ENDPOINT`` at it, so the *real* client code runs: repo creation
 commits (files inline as base64: every upload is told "regular", so no LFS/Xet storage is needed),
 revision info, tree listing, paths-info, refs, tags and file resolve (HEAD/GET with Range). Storage is
 in memory: each commit is a full snapshot {path: bytes}. Fault knobs for the failure tests:
-``truncate`` (paths whose GET stops half way), ``token`` (require this bearer token).
+``truncate`` (paths whose GET stops half way), ``stall`` (paths whose GET sends half and then waits),
+``hold`` (API calls, by handler name such as ``commit_post`` or ``tag``, that are held unanswered until
+``release`` and then dropped: a client killed while that request was in flight), ``token`` (require this
+bearer token).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class HubState:
     repos: dict[tuple[str, str], Repo] = field(default_factory=dict)
     truncate: set[str] = field(default_factory=set)
     stall: set[str] = field(default_factory=set)  # send half, then hold the connection until ``release``
+    hold: set[str] = field(default_factory=set)  # handler names whose requests never complete (see module doc)
     stalled: threading.Event = field(default_factory=threading.Event)
     release: threading.Event = field(default_factory=threading.Event)
     token: str | None = None
@@ -141,30 +145,35 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "POST" and not self._authorised():
             self._error(401, None, "Invalid credentials in Authorization header")
             return
-        with self.state.lock:
-            routes = [
-                ("POST", r"/api/repos/create", self._create),
-                ("POST", r"/api/validate-yaml", self._validate_yaml),
-                ("POST", rf"/api/(?P<t>{_TYPES})/(?P<repo>[^/]+/[^/]+)/preupload/(?P<rev>[^/]+)", self._preupload),
-                ("POST", rf"/api/(?P<t>{_TYPES})/(?P<repo>[^/]+/[^/]+)/commit/(?P<rev>[^/]+)", self._commit_post),
-                ("POST", rf"/api/(?P<t>{_TYPES})/(?P<repo>[^/]+/[^/]+)/tag/(?P<rev>[^/]+)", self._tag),
-                ("POST", rf"/api/(?P<t>{_TYPES})/(?P<repo>[^/]+/[^/]+)/paths-info/(?P<rev>[^/]+)", self._paths_info),
-                ("GET", rf"/api/(?P<t>{_TYPES})/(?P<repo>[^/]+/[^/]+)/refs", self._refs),
-                ("GET", rf"/api/(?P<t>{_TYPES})/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<sub>.*))?", self._tree),
-                ("GET", rf"/api/(?P<t>{_TYPES})/(?P<repo>[^/]+/[^/]+)/revision/(?P<rev>[^/]+)", self._info),
-                ("GET", rf"/api/(?P<t>{_TYPES})/(?P<repo>[^/]+/[^/]+)", self._info),
-                ("GET", r"/(?P<t>datasets|spaces)/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)", self._resolve),
-                ("HEAD", r"/(?P<t>datasets|spaces)/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)", self._resolve),
-                ("GET", r"/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)", self._resolve),
-                ("HEAD", r"/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)", self._resolve),
-            ]
-            for m, pattern, handler in routes:
-                match = re.fullmatch(pattern, path)
-                if m == method and match:
-                    args = match.groupdict()
-                    args["t"] = (args.get("t") or "models").rstrip("s")
-                    handler(query=query, head=method == "HEAD", **args)
+        routes = [
+            ("POST", r"/api/repos/create", self._create),
+            ("POST", r"/api/validate-yaml", self._validate_yaml),
+            ("POST", rf"/api/(?P<t>{_TYPES})/(?P<repo>[^/]+/[^/]+)/preupload/(?P<rev>[^/]+)", self._preupload),
+            ("POST", rf"/api/(?P<t>{_TYPES})/(?P<repo>[^/]+/[^/]+)/commit/(?P<rev>[^/]+)", self._commit_post),
+            ("POST", rf"/api/(?P<t>{_TYPES})/(?P<repo>[^/]+/[^/]+)/tag/(?P<rev>[^/]+)", self._tag),
+            ("POST", rf"/api/(?P<t>{_TYPES})/(?P<repo>[^/]+/[^/]+)/paths-info/(?P<rev>[^/]+)", self._paths_info),
+            ("GET", rf"/api/(?P<t>{_TYPES})/(?P<repo>[^/]+/[^/]+)/refs", self._refs),
+            ("GET", rf"/api/(?P<t>{_TYPES})/(?P<repo>[^/]+/[^/]+)/tree/(?P<rev>[^/]+)(?:/(?P<sub>.*))?", self._tree),
+            ("GET", rf"/api/(?P<t>{_TYPES})/(?P<repo>[^/]+/[^/]+)/revision/(?P<rev>[^/]+)", self._info),
+            ("GET", rf"/api/(?P<t>{_TYPES})/(?P<repo>[^/]+/[^/]+)", self._info),
+            ("GET", r"/(?P<t>datasets|spaces)/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)", self._resolve),
+            ("HEAD", r"/(?P<t>datasets|spaces)/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)", self._resolve),
+            ("GET", r"/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)", self._resolve),
+            ("HEAD", r"/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)", self._resolve),
+        ]
+        for m, pattern, handler in routes:
+            match = re.fullmatch(pattern, path)
+            if m == method and match:
+                if handler.__name__.strip("_") in self.state.hold:
+                    self.state.stalled.set()  # the request is in flight; the test kills its client now
+                    self.state.release.wait(120)
+                    self.close_connection = True  # never applied: its sender is gone
                     return
+                args = match.groupdict()
+                args["t"] = (args.get("t") or "models").rstrip("s")
+                with self.state.lock:
+                    handler(query=query, head=method == "HEAD", **args)
+                return
         self._error(404, None, f"no route for {method} {path}")
 
     def _create(self, query, head, t) -> None:

@@ -79,6 +79,67 @@ def test_shards_read_by_webdataset_and_datasets(packed) -> None:
     assert first["json"]["anchor_key"] == ds.table["anchor_key"][0]
 
 
+def test_the_shard_reader_groups_members_as_webdataset_does(packed, tmp_path: Path) -> None:
+    """semipairs reads shards with the standard library (webdataset imports torch); both must see the same
+    samples, on a real shard and on a tar with the cases that grouping rules decide."""
+    import io
+    import tarfile
+
+    from webdataset.tariterators import tarfile_samples
+
+    from semipairs.shards import _tar_samples
+
+    def same(path: Path) -> list[dict]:
+        ours = list(_tar_samples(str(path)))
+        theirs = [{k: v for k, v in d.items() if k != "__local_path__"} for d in tarfile_samples([{"url": str(path)}])]
+        assert ours == theirs
+        return ours
+
+    real = semipairs.load(packed[0]).shards[0]
+    assert len(same(real)) == 64
+
+    odd = tmp_path / "odd.tar"
+    with tarfile.open(odd, "w") as tar:
+        def add(name: str, data: bytes = b"x", kind: bytes = tarfile.REGTYPE) -> None:
+            info = tarfile.TarInfo(name)
+            info.type, info.size = kind, len(data) if kind == tarfile.REGTYPE else 0
+            tar.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+        add("__meta__.json", b"{}")
+        add("000000001.anchor.JPG", b"a1")
+        add("000000001.json", b"{}")
+        add("dir", kind=tarfile.DIRTYPE)
+        add("dir/000000002.anchor.png", b"a2")
+        add("000000003.positive.png", b"p3")
+        add("000000003.link", kind=tarfile.SYMTYPE)
+        add("noextension", b"n")
+        add("000000001.anchor.jpg", b"again")  # a key seen earlier, not adjacent: a new sample
+    rows = same(odd)
+    assert [r["__key__"] for r in rows] == ["__meta__", "000000001", "dir/000000002", "000000003", "000000001"]
+    assert rows[1]["anchor.jpg"] == b"a1" and set(rows[3]) == {"__key__", "__url__", "positive.png"}
+
+    dup = tmp_path / "dup.tar"
+    with tarfile.open(dup, "w") as tar:
+        for name in ("000000001.json", "000000001.json"):
+            info = tarfile.TarInfo(name)
+            info.size = 2
+            tar.addfile(info, io.BytesIO(b"{}"))
+    with pytest.raises(ValueError, match="duplicate"):
+        list(_tar_samples(str(dup)))
+    with pytest.raises(ValueError, match="duplicate"):
+        list(tarfile_samples([{"url": str(dup)}]))
+
+
+def test_verify_and_load_never_import_torch(packed) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, semipairs; ds = semipairs.load(sys.argv[1]); assert ds.verify().ok; "
+            "print(len(ds), 'torch' in sys.modules)")  # verify reads every sample of every shard
+    r = subprocess.run([sys.executable, "-c", code, str(packed[0])], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["300", "False"]
+
+
 def test_flipped_byte_fails_verify_naming_the_shard(packed) -> None:
     from typer.testing import CliRunner
 

@@ -164,6 +164,48 @@ def test_a_pull_killed_mid_download_leaves_nothing_loadable_and_runs_again(hub, 
     assert cli(hub, "pull", "me/dig@v1.0.0", env={**hub.env, "HF_HUB_OFFLINE": "1"}).returncode == 0
 
 
+def killed_in_flight(hub, *args: str) -> None:
+    """Run ``semipairs ARGS`` until the loopback Hub holds one of its requests, then SIGKILL it there."""
+    hub.state.stalled.clear()
+    hub.state.release.clear()
+    proc = subprocess.Popen([sys.executable, "-m", "semipairs.cli", *args], env=hub.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert hub.state.stalled.wait(120), f"{args[0]} never reached the held request"
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(30) == -signal.SIGKILL
+    finally:
+        hub.state.release.set()
+
+
+@pytest.mark.slow
+def test_a_push_killed_before_its_commit_or_its_tag_shows_no_version_and_runs_again(hub, tmp_path: Path) -> None:
+    """SIGKILL while the commit request is in flight, then while the tag request is: the Hub never shows a
+    partial version under the version's tag, and the same push run again finishes the job."""
+    v1 = digits_version(tmp_path, "dig", "1.0.0")
+    repo_key = ("dataset", "me/dig")
+    hub.state.hold = {"commit_post"}
+    killed_in_flight(hub, "push", str(v1), "me/dig")
+    repo = hub.state.repos[repo_key]
+    assert len(repo.commits) == 1 and not repo.tags  # only the empty initial commit
+    r = cli(hub, "pull", "me/dig@v1.0.0")
+    assert r.returncode == 2 and "revision 'v1.0.0' not found" in r.stderr and "Traceback" not in r.stderr
+
+    hub.state.hold = {"tag"}  # now the files land in one commit and the kill comes before the tag
+    killed_in_flight(hub, "push", str(v1), "me/dig")
+    assert len(repo.commits) == 2 and not repo.tags
+    assert cli(hub, "pull", "me/dig@v1.0.0").returncode == 2
+    hub.state.hold = set()
+    r = cli(hub, "push", str(v1), "me/dig", "--json")
+    assert r.returncode == 0, r.stderr
+    again = json.loads(r.stdout)
+    assert not again["uploaded"] and again["tag"] == "v1.0.0"  # the commit was whole: only the tag was missing
+    assert repo.tags["v1.0.0"] == repo.branches["main"] == again["commit"] and len(repo.commits) == 2
+    r = cli(hub, "pull", "me/dig@v1.0.0", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["content_hash"] == again["content_hash"]
+
+
 @pytest.mark.slow
 def test_tokens_are_sent_never_shown_and_private_repos_need_them(hub, tmp_path: Path) -> None:
     hub.state.token = TOKEN
