@@ -1,31 +1,31 @@
-"""WebDataset pair shards: a streaming writer on webdataset's TarWriter, and a torch-free reader.
+"""WebDataset pair shards: a streaming writer and a reader, torch-free.
 
 One sample is one pair: ``<pair_id>.anchor.<ext>``, ``<pair_id>.positive.<ext>``, ``<pair_id>.json``.
 Shard member names hold only the zero-padded pair id; source keys live in the json.
 
-The reader groups members the way ``webdataset.tariterators`` does (key = the name up to the first dot of
-its last component, lower-cased suffix, regular files only, ``__meta__`` members skipped, a repeated field
-is an error; ``tests/test_shards.py`` checks both agree), on the standard library's ``tarfile``: importing
-webdataset imports torch, 3 s on a 2-core CPU, and ``verify``, ``load``, ``push``, ``pull`` and ``audit``
-only read tars.
+Both are the standard library's ``tarfile`` doing what webdataset does, because importing webdataset
+imports torch (3 s on a 2-core CPU) and ``pack``, ``verify``, ``load``, ``push``, ``pull`` and ``audit``
+only move tar bytes. The writer emits the bytes ``webdataset.TarWriter(encoder=False, mtime=0)`` emits
+(members in sorted field order, mode 0444, owner ``bigdata``); the reader groups members as
+``webdataset.tariterators`` does (key = the name up to the first dot of its last component, lower-cased
+suffix, regular files only, ``__x__`` meta members skipped, a repeated field an error).
+``tests/test_format.py`` holds both to webdataset's own code.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from semipairs.errors import ShardReadError
 from semipairs.hashing import HashingWriter
 from semipairs.manifest import DATA_DIR, FileEntry
-
-if TYPE_CHECKING:  # webdataset imports torch; `semipairs info` must not
-    import webdataset as wds
 
 KEY_DIGITS = 9
 SHARD_PATTERN = "pairs-{:06d}.tar"
@@ -53,7 +53,7 @@ class PairShardWriter:
     maxcount: int = 5000
     maxsize: int = 1 << 30
     files: list[FileEntry] = field(default_factory=list)
-    _tar: wds.TarWriter | None = field(default=None, init=False, repr=False)
+    _tar: tarfile.TarFile | None = field(default=None, init=False, repr=False)
     _out: HashingWriter | None = field(default=None, init=False, repr=False)
     _count: int = field(default=0, init=False)
     _size: int = field(default=0, init=False)
@@ -72,10 +72,8 @@ class PairShardWriter:
     def _open(self) -> None:
         path = Path(self.root) / DATA_DIR / SHARD_PATTERN.format(len(self.files))
         path.parent.mkdir(parents=True, exist_ok=True)
-        import webdataset as wds
-
         self._out = HashingWriter(open(path, "wb"))  # noqa: SIM115 - closed in _finish
-        self._tar = wds.TarWriter(self._out, encoder=False, mtime=0)  # int: a float adds a PAX header per member
+        self._tar = tarfile.open(fileobj=self._out, mode="w|")  # noqa: SIM115 - closed in _finish
         self._count = self._size = 0
 
     def _finish(self) -> None:
@@ -92,14 +90,13 @@ class PairShardWriter:
             self._finish()
             self._open()
         assert self._tar is not None
-        self._size += self._tar.write(
-            {
-                "__key__": pair_key(pair_id),
-                f"anchor.{self.ext}": anchor,
-                f"positive.{self.ext}": positive,
-                "json": meta,
-            }
-        )
+        key = pair_key(pair_id)
+        for suffix, data in sorted({f"anchor.{self.ext}": anchor, f"positive.{self.ext}": positive, "json": meta}.items()):
+            member = tarfile.TarInfo(f"{key}.{suffix}")
+            member.size, member.mtime, member.mode = len(data), 0, 0o444  # int mtime: a float adds a PAX header
+            member.uname = member.gname = "bigdata"
+            self._tar.addfile(member, io.BytesIO(data))
+            self._size += len(data)
         self._count += 1
 
     def close(self) -> None:

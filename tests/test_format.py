@@ -129,6 +129,27 @@ def test_the_shard_reader_groups_members_as_webdataset_does(packed, tmp_path: Pa
         list(tarfile_samples([{"url": str(dup)}]))
 
 
+def test_the_shard_writer_writes_the_bytes_webdataset_writes(tmp_path: Path) -> None:
+    import io
+
+    from semipairs.shards import PairShardWriter
+
+    samples = [(i, bytes([i]) * (100 + 37 * i), b"p" * i, b'{"pair_id":%d}' % i) for i in range(5)]
+    with PairShardWriter(tmp_path / "ours", "png", maxcount=3) as w:
+        for s in samples:
+            w.write(*s)
+    theirs = []
+    for part in (samples[:3], samples[3:]):
+        buf = io.BytesIO()
+        tw = wds.TarWriter(buf, encoder=False, mtime=0)
+        for i, a, p, m in part:
+            tw.write({"__key__": f"{i:09d}", "anchor.png": a, "positive.png": p, "json": m})
+        tw.close()
+        theirs.append(buf.getvalue())
+    ours = [(tmp_path / "ours" / f.path).read_bytes() for f in w.files]
+    assert ours == theirs and [f.samples for f in w.files] == [3, 2]
+
+
 def test_verify_and_load_never_import_torch(packed) -> None:
     import subprocess
     import sys
