@@ -69,7 +69,8 @@ def pack(
     if as_json:
         _print_json(info_)
     else:
-        out.print(f"published [bold]{info_['name']} {info_['version']}[/] at {path}: {info_['stats']['num_pairs']} pairs")
+        out.print(f"published [bold]{info_['name']} {info_['version']}[/] at {path}: {info_['stats']['num_pairs']} pairs",
+                  soft_wrap=True)
 
 
 @app.command(epilog="Example: semipairs info store/mypairs --json")
@@ -116,7 +117,8 @@ def verify(
     if as_json:
         _print_json(report.to_dict())
     elif report.ok:
-        out.print(f"ok: {target} ({report.files_checked} files, {report.samples_checked} samples)")
+        out.print(f"ok: {target} ({report.files_checked} files, {report.samples_checked} samples)", soft_wrap=True,
+                  highlight=False)
     else:
         for p in report.problems:
             err.print(f"[red]FAIL[/] {p}", highlight=False, soft_wrap=True)

@@ -9,6 +9,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One worker per core (pytest -n 2): two torch processes each with a thread per core fight over the
+    # cores and each slows several-fold, so each worker (and every subprocess it starts) keeps one thread.
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 REPO = Path(__file__).resolve().parents[1]
 CIFAR_DIR = Path(os.environ.get("SEMIPAIRS_CIFAR10", REPO.parent / "shared" / "data" / "cifar10"))
 CLASSES = ("airplane", "cat", "ship")

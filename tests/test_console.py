@@ -40,3 +40,19 @@ def test_a_plain_value_error_is_a_bug_and_is_not_swallowed() -> None:
     assert res.exit_code == 1 and isinstance(res.exception, ValueError)
     assert "error: " not in res.output
 
+
+
+def test_a_result_line_naming_a_long_path_stays_one_line_on_a_narrow_terminal(tmp_path) -> None:
+    """Paths are copied from the terminal: rich must not break them where the terminal is narrow."""
+    from semipairs.cli import app
+
+    pairs = tmp_path / "p.csv"
+    pairs.write_text("anchor_key,positive_key\n0000,0001\n0002,0003\n")
+    store = tmp_path / ("a-rather-long-directory-name-" * 3) / "store"
+    runner = CliRunner()
+    for args in (["pack", "--source", "digits", "--pairs", str(pairs), "--store", str(store), "--name", "d",
+                  "--version", "1.0.0"], ["verify", str(store / "d" / "1.0.0")]):
+        res = runner.invoke(app, args, env={"COLUMNS": "60"})
+        assert res.exit_code == 0, res.output
+        line = [ln for ln in res.output.splitlines() if "published d 1.0.0 at" in ln or ln.startswith("ok:")]
+        assert len(line) == 1 and str(store / "d" / "1.0.0") in line[0], res.output
