@@ -126,8 +126,11 @@ def test_bf16_trains_30_steps_on_any_cpu_and_tracks_fp32(tmp_path: Path) -> None
     minute here), against fp32 from the same seed. MoCo's loss first *rises* while the random initial queue
     fills with real keys (8 steps at batch 4, queue 32), then moves slowly at batch 4, so the test holds what
     is robust: 30 finite steps, the same rise, and the same loss level. Per-step losses drift apart within a
-    few steps (chaotic trajectories), so levels are compared as means: bf16 rounds each op to 8 mantissa
-    bits, which moves a mean of 30 losses of ~2-4 by well under 0.25 (0.04 measured here)."""
+    few steps (chaotic trajectories: even fp32 alone differs by 0.14 at step 3 between 1 and 2 threads), so
+    levels are compared as means: bf16 rounds each op to 8 mantissa bits, which moves a mean of 30 losses of
+    ~2-4 by well under 0.25 (0.04 measured here). Step 0 is the same weights on the same batch, so it differs
+    by precision alone: 1.629 vs 1.553 (5%, on 1 or 2 threads), large for bf16 because at batch 4 the
+    1x1 maps of layer4 are batch-normalised over 4 values; 10% bounds it."""
     losses = {}
     for name in ("fp32", "bf16"):
         m = train(_digits_cfg(tmp_path / name, precision=name), progress=False)
@@ -136,7 +139,7 @@ def test_bf16_trains_30_steps_on_any_cpu_and_tracks_fp32(tmp_path: Path) -> None
         assert all(math.isfinite(v) for v in losses[name])
         assert np.mean(losses[name][10:]) > losses[name][0] + 1.0, losses[name]  # the queue filled: real negatives
     assert abs(np.mean(losses["bf16"]) - np.mean(losses["fp32"])) < 0.25, losses
-    assert abs(np.mean(losses["bf16"][:3]) - np.mean(losses["fp32"][:3])) < 0.1, losses  # before chaos sets in
+    assert abs(losses["bf16"][0] - losses["fp32"][0]) < 0.1 * losses["fp32"][0], losses  # before chaos sets in
 
 
 @pytest.mark.slow
