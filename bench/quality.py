@@ -13,6 +13,7 @@ under the same budget. A test of the pair path only: labels never enter the self
 
     python bench/quality.py --curve 100,90 --out docs/results/curve.json
     python bench/quality.py --curve 30 --random-init-knn 32.05 --baseline-from docs/results/curve.json --out ...
+    python bench/quality.py --baseline-only --steps 400 --lr 0.02 --out ...   # one setting's baseline alone
     python bench/quality.py --merge docs/results/a.json,docs/results/b.json --out docs/results/curve.json \
         --plot docs/precision_curve.png      # one curve from runs of the same budget and CPU kind
 
@@ -77,6 +78,8 @@ def main() -> None:
     ap.add_argument("--random-init-knn", type=float, default=None,
                     help="the untrained backbone's kNN top-1 when already measured in this setting (skips measuring it)")
     ap.add_argument("--curve", default=None, help="comma-separated pair precisions in percent: label-built pairs")
+    ap.add_argument("--baseline-only", action="store_true", help="train and score the baseline of each seed only "
+                    "(settings such as --lr or --steps compared on their own)")
     ap.add_argument("--coverage", type=float, default=1.0, help="curve: share of training images that anchor pairs")
     ap.add_argument("--per-anchor", type=int, default=10, help="curve: positives per anchor")
     ap.add_argument("--method", default="simclr", help="moco, simclr or simsiam (train --method)")
@@ -139,7 +142,7 @@ def main() -> None:
                "pair_warmup": args.pair_warmup, "pair_ratio": args.pair_ratio, "knn": {"k": 200, "temperature": 0.07}}
     setting["random_init_knn"] = (args.random_init_knn if args.random_init_knn is not None
                                   else random_init_knn(train_src, test_src, args))
-    if args.curve:
+    if args.curve or args.baseline_only:
         run_curve(args, seeds, run, train_src, work, setting)
         return
     rows = []
@@ -220,7 +223,7 @@ def run_curve(args, seeds, run, train_src: str, work: Path, setting: dict) -> No
         base = earlier_baseline(args.baseline_from, setting, seed) if args.baseline_from else run(seed, "baseline", None)
         result["runs"].append({"seed": seed, "precision": None, "kind": "baseline", **base})
         emit_quiet(result, args.out)
-        for pct in [int(p) for p in args.curve.split(",")]:
+        for pct in [int(p) for p in args.curve.split(",")] if args.curve else []:
             a, p, true = label_pairs(labels, pct / 100, args.coverage, args.per_anchor, seed)
             csv = work / f"label-pairs-{pct}-seed{seed}.csv"
             pd.DataFrame({"anchor_key": [keys[i] for i in a], "positive_key": [keys[i] for i in p]}).to_csv(csv, index=False)
