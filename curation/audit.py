@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 
+from semipairs.atomic import write_bytes, write_text
 from semipairs.dataset import PairDataset
 from semipairs.errors import SemipairsError
 from semipairs.sources import open_source
@@ -190,14 +191,19 @@ def _plots(m: dict, table: pd.DataFrame, same: np.ndarray | None) -> dict[str, b
 
     out = {}
     scores = table["score"].to_numpy(np.float64)
+    fin = np.isfinite(scores)  # a packed pair list may carry no scores (NaN)
     fig, ax = plt.subplots(figsize=(6, 3.6))
-    bins = np.linspace(np.nanmin(scores), np.nanmax(scores), 40) if np.isfinite(scores).any() else 10
-    if same is not None:
-        ax.hist(scores[same], bins=bins, alpha=0.65, label=f"same label ({same.sum()})", color="tab:green")
-        ax.hist(scores[~same], bins=bins, alpha=0.65, label=f"different label ({(~same).sum()})", color="tab:red")
+    bins = np.linspace(scores[fin].min(), scores[fin].max(), 40) if fin.any() else 10
+    if not fin.any():
+        ax.text(0.5, 0.5, "no pair scores (a pair list packed without them)", ha="center", va="center",
+                transform=ax.transAxes)
+    elif same is not None:
+        ax.hist(scores[same & fin], bins=bins, alpha=0.65, label=f"same label ({(same & fin).sum()})", color="tab:green")
+        ax.hist(scores[~same & fin], bins=bins, alpha=0.65, label=f"different label ({(~same & fin).sum()})",
+                color="tab:red")
         ax.legend()
     else:
-        ax.hist(scores[np.isfinite(scores)], bins=bins, color="tab:blue")
+        ax.hist(scores[fin], bins=bins, color="tab:blue")
     ax.set(xlabel="pair score", ylabel="pairs", title="Score distribution")
     out["score_hist.png"] = _fig_png(fig)
 
@@ -354,10 +360,10 @@ def audit(ds: PairDataset, out: str | Path, labels_from: str | ImageSource | Non
         metrics["grids"] = f"skipped: {src.spec} holds embeddings, not images (--labels-from SRC names an image source)"
     else:
         metrics["grids"] = "skipped: a reference dataset needs its source (--labels-from SRC) to show images"
-    for fn, data in images.items():
-        (out / fn).write_bytes(data)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    (out / "report.html").write_text(_html(metrics, images, f"{ds.manifest.name} {ds.manifest.version}"), encoding="utf-8")
+    for fn, data in images.items():  # each file whole or not at all; a failed write names its file
+        write_bytes(out / fn, data)
+    write_text(out / "metrics.json", json.dumps(metrics, indent=1))
+    write_text(out / "report.html", _html(metrics, images, f"{ds.manifest.name} {ds.manifest.version}"))
     return AuditResult(out, metrics, sorted([*images, "metrics.json", "report.html"]))
 
 

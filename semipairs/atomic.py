@@ -45,8 +45,8 @@ def atomic_write(path: str | Path, mode: str = "wb", suffix: str = "") -> Iterat
 
 
 def write_text(path: str | Path, text: str) -> None:
-    with atomic_write(path, "w") as f:
-        f.write(text)
+    """UTF-8, whatever the locale (cards, reports and JSON are read on other machines)."""
+    write_bytes(path, text.encode("utf-8"))
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:

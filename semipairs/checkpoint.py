@@ -21,10 +21,35 @@ from semipairs.errors import InvalidValueError
 CHECKPOINT_VERSION = 1
 
 
+class _WriteErrors:
+    """A file that remembers the OSError of a failed write: torch.save reports a full disk as a RuntimeError
+    about stream positions ("[enforce fail at inline_container.cc] unexpected pos"), losing the cause."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.f, name)
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Atomic write (``semipairs.atomic``): a reader never sees half a checkpoint."""
+    """Atomic write (``semipairs.atomic``): a reader never sees half a checkpoint, and a failed write (disk full,
+    quota) is a ``StoreError`` naming the file, the last good checkpoint left in place."""
     with atomic_write(path) as f:
-        torch.save(state, f)
+        sink = _WriteErrors(f)
+        try:
+            torch.save(state, sink)
+        except RuntimeError:
+            if sink.error is None:
+                raise
+            raise sink.error from None  # atomic_write names the path and removes its temp
         faults.point("checkpoint.write")  # written, not yet renamed over the last good one
 
 

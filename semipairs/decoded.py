@@ -14,6 +14,7 @@ its shorter side is resized to S and the centre cropped. Unreadable images are r
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -29,6 +30,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from semipairs.budget import budget_from_gb, default_budget_bytes  # noqa: F401 - budget_from_gb: old import path
+from semipairs.errors import StoreError
 from semipairs.sources.base import ImageSource, Skipped, read_or_skip, to_rgb
 
 GEOMETRY = "v2-squash<=64-else-shorter+centre"
@@ -107,12 +109,16 @@ def decode_source(source: ImageSource, size: int, *, root: Path | None = None, b
     final = (root or cache_root()) / "decoded" / decode_key(source, size)
     if (final / "meta.json").is_file():
         return _load(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))  # unique per writer
+    keys = source.keys()
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))  # unique per writer
+    except OSError as exc:
+        raise _cache_error(final, exc) from None
     try:
         images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        _reserve(tmp / "images.npy")  # a sparse memmap on a full disk dies of SIGBUS mid-decode; fail here instead
         ok = np.zeros(n, bool)
-        keys = source.keys()
         reasons: dict[int, str] = {}
 
         def decode(i: int) -> bool:
@@ -140,6 +146,27 @@ def decode_source(source: ImageSource, size: int, *, root: Path | None = None, b
         except OSError:  # another writer published the same array first: theirs is identical, keep it
             if not (final / "meta.json").is_file():
                 raise
+    except OSError as exc:
+        raise _cache_error(final, exc) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return _load(final)
+
+
+def _cache_error(final: Path, exc: OSError) -> StoreError:
+    return StoreError(f"{final}: cannot write the decoded-image cache ({exc.strerror or exc}): free space, point "
+                      "SEMIPAIRS_CACHE at another disk, or stream the images (--decode-budget-gb 0)")
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the whole file now (ENOSPC / EFBIG here, not a SIGBUS on some later page)."""
+    if not hasattr(os, "posix_fallocate"):  # macOS
+        return
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):  # a file system that cannot: go on
+            raise
+    finally:
+        os.close(fd)

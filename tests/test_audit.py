@@ -129,3 +129,13 @@ def test_reference_layout_audit_reads_images_from_the_labels_source(cifar_folder
     res = audit(semipairs.load(path), tmp_path / "audit", labels_from=src)
     assert res.metrics["labels"]["source"] == src and "grids" not in res.metrics
     assert (tmp_path / "audit" / "grid_wrong.png").stat().st_size > 1000
+
+
+def test_a_pair_list_packed_without_scores_is_audited(tmp_path: Path) -> None:
+    """Pairs made elsewhere carry no scores (NaN): the histogram says so instead of crashing on NaN."""
+    pairs = tmp_path / "p.csv"
+    pairs.write_text("anchor_key,positive_key\n" + "".join(f"{i:04d},{i + 1:04d}\n" for i in range(0, 200, 2)))
+    path = pack("digits", pairs, tmp_path / "s", "d", "1.0.0", progress=False)
+    res = audit(semipairs.load(path), tmp_path / "audit")
+    assert res.metrics["labels"]["precision"] == 0.13 and res.metrics["score_quantiles"] == {}  # 13 of 100 share a digit
+    assert (tmp_path / "audit" / "score_hist.png").stat().st_size > 1000

@@ -106,6 +106,56 @@ def test_a_failed_write_names_the_file_and_publishes_nothing(cifar_folder: Path,
     assert [p.name for p in (store / "ring").iterdir()] == []  # no temp directory, no version
 
 
+def _file_size_limit(limit: int):
+    """preexec_fn: writes past ``limit`` bytes fail with EFBIG, as on a full disk (SIGXFSZ ignored)."""
+    import resource
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def _one_error(r: subprocess.CompletedProcess) -> str:
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(errors) == 1, r.stderr[-3000:]
+    return errors[0]
+
+
+@pytest.mark.slow
+def test_failed_writes_of_a_checkpoint_a_cache_and_an_audit_name_their_file(tmp_path: Path) -> None:
+    """Full-disk writes (RLIMIT_FSIZE) outside publishing: torch.save's own error ("unexpected pos") used to
+    hide the cause and the file; a sparse decoded cache would die of SIGBUS later; an audit named nothing."""
+    import torch
+
+    out = tmp_path / "run"
+    env = {**os.environ, "SEMIPAIRS_CACHE": str(tmp_path / "cache")}
+    first = subprocess.run(_train(out, epochs=1), capture_output=True, text=True, timeout=300, env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    r = subprocess.run(_train(out, epochs=2), capture_output=True, text=True, timeout=300, env=env,
+                       preexec_fn=_file_size_limit(2_000_000))  # the decoded cache exists; the checkpoint is ~45 MB
+    assert f"{out / 'checkpoint.pt'}: write failed (File too large)" in _one_error(r)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["epoch"] == 1  # the last good one
+    assert not list(out.glob(".*.tmp"))
+
+    r = subprocess.run(_train(tmp_path / "run2", epochs=1), capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "SEMIPAIRS_CACHE": str(tmp_path / "cache2")},
+                       preexec_fn=_file_size_limit(100_000))  # 1,797 digits x 8 x 8 x 3 B = 345 kB
+    line = _one_error(r)
+    assert str(tmp_path / "cache2" / "decoded") in line and "cannot write the decoded-image cache (File too large)" in line
+    assert "--decode-budget-gb 0" in line and not list((tmp_path / "cache2" / "decoded").iterdir())
+
+    pairs = tmp_path / "p.csv"
+    pairs.write_text("anchor_key,positive_key\n" + "".join(f"{i:04d},{i + 1:04d}\n" for i in range(0, 200, 2)))
+    assert subprocess.run(_cli("pack", "--source", "digits", "--pairs", str(pairs), "--store", str(tmp_path / "s"),
+                               "--name", "d", "--version", "1.0.0"), capture_output=True, timeout=300).returncode == 0
+    r = subprocess.run(_cli("audit", str(tmp_path / "s" / "d" / "1.0.0"), "--out", str(tmp_path / "audit")),
+                       capture_output=True, text=True, timeout=300, preexec_fn=_file_size_limit(5_000))
+    line = _one_error(r)
+    assert str(tmp_path / "audit") in line and "write failed (File too large)" in line
+    assert not list((tmp_path / "audit").glob(".*.tmp"))
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "semipairs.cli", *args]
 
