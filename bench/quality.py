@@ -279,7 +279,7 @@ def merge_curves(paths: list[str]) -> dict:
             key = (r["seed"], r["kind"], None if r["precision"] is None else round(r["precision"], 2))
             if key not in seen:
                 seen.add(key)
-                merged["runs"].append({**r, "from": path})
+                merged["runs"].append({"from": path, **r})  # a row merged before keeps its first source
     merged["runs"].sort(key=lambda r: (r["seed"], r["kind"] != "baseline", -(r["precision"] or 0)))
     return merged
 
