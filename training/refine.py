@@ -62,8 +62,8 @@ def embed_streams(cfg: RefineConfig, device: str, progress: bool, log=print) -> 
     student, spec, _ = backbone_from_state(state)
     teacher = backbone_from_state(state, "teacher")[0] if state.get("teacher") is not None else None
     if teacher is None:
-        log(f"{cfg.checkpoint}: no teacher (momentum) encoder in this checkpoint (SimSiam?): the teacher stream "
-            "is the same encoder on an augmented view")
+        log(f"{cfg.checkpoint}: no teacher (momentum) encoder in this checkpoint (SimSiam and SimCLR have none): "
+            "the teacher stream is the same encoder on an augmented view")
     out: dict[str, Any] = {"teacher": "momentum-encoder" if teacher is not None else "augmented-view"}
     sources = {"train": open_source(cfg.data)}
     if cfg.eval_data:
