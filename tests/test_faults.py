@@ -81,31 +81,6 @@ def test_a_lock_is_released_on_errors_and_never_judged_stale_across_hosts(tmp_pa
         assert json.loads(path.read_text())["pid"] == os.getpid()
 
 
-def test_a_failed_write_names_the_file_and_publishes_nothing(cifar_folder: Path, tmp_path: Path) -> None:
-    """A file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored: writes fail with EFBIG, as on a full disk) on a real
-    `semipairs pack`: the shard being written is named, no temp directory or version is left."""
-    import resource
-
-    from semipairs.sources import open_source
-    from tests.conftest import ring_pairs
-
-    csv = ring_pairs(open_source(f"imagefolder:{cifar_folder}").keys(), tmp_path / "p.csv")
-    store = tmp_path / "store"
-
-    def limit() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000))
-
-    r = subprocess.run([sys.executable, "-m", "semipairs.cli", "pack", "--source", f"imagefolder:{cifar_folder}",
-                        "--pairs", str(csv), "--store", str(store), "--name", "ring", "--version", "1.0.0"],
-                       capture_output=True, text=True, timeout=300, preexec_fn=limit)
-    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and f"{store / 'ring' / '1.0.0' / 'data' / 'pairs-000000.tar'}: write failed (File too large)" \
-        in errors[0], r.stderr
-    assert [p.name for p in (store / "ring").iterdir()] == []  # no temp directory, no version
-
-
 def _file_size_limit(limit: int):
     """preexec_fn: writes past ``limit`` bytes fail with EFBIG, as on a full disk (SIGXFSZ ignored)."""
     import resource
@@ -120,6 +95,21 @@ def _one_error(r: subprocess.CompletedProcess) -> str:
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(errors) == 1, r.stderr[-3000:]
     return errors[0]
+
+
+def test_a_failed_write_names_the_file_and_publishes_nothing(cifar_folder: Path, tmp_path: Path) -> None:
+    """A file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored: writes fail with EFBIG, as on a full disk) on a real
+    `semipairs pack`: the shard being written is named, no temp directory or version is left."""
+    from semipairs.sources import open_source
+    from tests.conftest import ring_pairs
+
+    csv = ring_pairs(open_source(f"imagefolder:{cifar_folder}").keys(), tmp_path / "p.csv")
+    store = tmp_path / "store"
+    r = subprocess.run(_cli("pack", "--source", f"imagefolder:{cifar_folder}", "--pairs", str(csv), "--store", str(store),
+                            "--name", "ring", "--version", "1.0.0"),
+                       capture_output=True, text=True, timeout=300, preexec_fn=_file_size_limit(150_000))
+    assert f"{store / 'ring' / '1.0.0' / 'data' / 'pairs-000000.tar'}: write failed (File too large)" in _one_error(r)
+    assert [p.name for p in (store / "ring").iterdir()] == []  # no temp directory, no version
 
 
 @pytest.mark.slow

@@ -133,6 +133,25 @@ def test_hub_failures_are_clear_and_nothing_partial_is_kept(hub, tmp_path: Path)
     assert r.returncode == 2 and "is not a semipairs dataset" in r.stderr
 
 
+def killed_in_flight(hub, *args: str, until=lambda: True) -> None:
+    """Run ``semipairs ARGS`` until the loopback Hub holds one of its requests (and ``until()`` is true), then
+    SIGKILL it there."""
+    hub.state.stalled.clear()
+    hub.state.release.clear()
+    proc = subprocess.Popen([sys.executable, "-m", "semipairs.cli", *args], env=hub.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert hub.state.stalled.wait(120), f"{args[0]} never reached the held request"
+        end = time.monotonic() + 60
+        while not until():
+            assert proc.poll() is None and time.monotonic() < end, f"{args[0]}: the moment to kill never came"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(30) == -signal.SIGKILL
+    finally:
+        hub.state.release.set()
+
+
 @pytest.mark.slow
 def test_a_pull_killed_mid_download_leaves_nothing_loadable_and_runs_again(hub, tmp_path: Path) -> None:
     """SIGKILL while a shard is half sent (huggingface_hub's .incomplete file open in the cache): nothing
@@ -140,19 +159,9 @@ def test_a_pull_killed_mid_download_leaves_nothing_loadable_and_runs_again(hub, 
     v1 = digits_version(tmp_path, "dig", "1.0.0")
     assert cli(hub, "push", str(v1), "me/dig").returncode == 0
     hub.state.stall.add("data/pairs-000001.tar")
-    proc = subprocess.Popen([sys.executable, "-m", "semipairs.cli", "pull", "me/dig@v1.0.0"], env=hub.env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert hub.state.stalled.wait(120), "the pull never reached the shard"
-        cache = Path(hub.env["HF_HOME"])
-        end = time.monotonic() + 60
-        while not list(cache.rglob("*.incomplete")):  # the shard's download has begun (its bytes still in flight)
-            assert proc.poll() is None and time.monotonic() < end, sorted(str(p) for p in cache.rglob("*"))
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(30) == -signal.SIGKILL
-    finally:
-        hub.state.release.set()
+    cache = Path(hub.env["HF_HOME"])
+    # kill once the shard's download has begun (huggingface_hub's partial file exists, its bytes in flight)
+    killed_in_flight(hub, "pull", "me/dig@v1.0.0", until=lambda: list(cache.rglob("*.incomplete")))
     offline = cli(hub, "pull", "me/dig@v1.0.0", env={**hub.env, "HF_HUB_OFFLINE": "1"})
     assert offline.returncode == 2 and "Traceback" not in offline.stderr  # a half download is not a dataset
     hub.state.stall.clear()
@@ -162,20 +171,6 @@ def test_a_pull_killed_mid_download_leaves_nothing_loadable_and_runs_again(hub, 
     # huggingface_hub names each writer's partial file apart (BLOB.RANDOM.incomplete) and never reads another's:
     # the killed one's stays as litter of its cache, ignored; the completed snapshot now loads offline too.
     assert cli(hub, "pull", "me/dig@v1.0.0", env={**hub.env, "HF_HUB_OFFLINE": "1"}).returncode == 0
-
-
-def killed_in_flight(hub, *args: str) -> None:
-    """Run ``semipairs ARGS`` until the loopback Hub holds one of its requests, then SIGKILL it there."""
-    hub.state.stalled.clear()
-    hub.state.release.clear()
-    proc = subprocess.Popen([sys.executable, "-m", "semipairs.cli", *args], env=hub.env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        assert hub.state.stalled.wait(120), f"{args[0]} never reached the held request"
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(30) == -signal.SIGKILL
-    finally:
-        hub.state.release.set()
 
 
 @pytest.mark.slow
