@@ -66,7 +66,15 @@ def main() -> None:
     ap.add_argument("--cifar-stem", action="store_true")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--k", type=int, default=10)
-    ap.add_argument("--quantile", type=float, default=0.3, help="mining score quantile (after the mutual filter)")
+    ap.add_argument("--quantile", type=lambda v: None if v == "none" else float(v), default=0.3,
+                    help="mining score quantile (after the mutual filter); 'none': no threshold")
+    ap.add_argument("--no-mutual", action="store_true", help="self-mined: keep candidates that are not mutual")
+    ap.add_argument("--max-per-anchor", type=int, default=1, help="self-mined: pairs kept per anchor")
+    ap.add_argument("--duplicate-threshold", type=float, default=0.98,
+                    help="self-mined: scores at or above are near-duplicates (a trained checkpoint's post-ReLU "
+                         "features sit at cosine 0.8-1.0: use 0.999 there)")
+    ap.add_argument("--agree-with", default=None, help="self-mined: a second encoder (curate --agree-with): keep "
+                    "pairs both encoders find among the k nearest neighbours")
     ap.add_argument("--pair-ratio", type=float, default=1.0)
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--pair-encoder", default="ckpt", help="'ckpt' (the baseline's own checkpoint, the protocol) or an "
@@ -146,30 +154,38 @@ def main() -> None:
         run_curve(args, seeds, run, train_src, work, setting)
         return
     rows = []
+    mining = {"k": args.k, "mutual": not args.no_mutual, "min_score_quantile": args.quantile,
+              "max_per_anchor": args.max_per_anchor, "duplicate_threshold": args.duplicate_threshold}
     for seed in seeds:
-        base = run(seed, "baseline", None)
+        base = earlier_baseline(args.baseline_from, setting, seed) if args.baseline_from else run(seed, "baseline", None)
         t = time.perf_counter()
         encoder = f"ckpt:{base['checkpoint']}" if args.pair_encoder == "ckpt" else args.pair_encoder
-        cur = curate(CurateConfig(source=train_src, encoder=encoder, store=work / "store",
+        cur = curate(CurateConfig(source=train_src, encoder=encoder, agree_with=args.agree_with, store=work / "store",
                                   name=f"cifar-pairs-seed{seed}", version=f"1.0.{int(time.time())}", layout="reference",
                                   num_workers=args.workers, cache_dir=work / "cache",
-                                  mining=MiningConfig(k=args.k, mutual=True, min_score_quantile=args.quantile, seed=seed)),
+                                  mining=MiningConfig(**mining, seed=seed)),
                      progress=False)
         stats = load(cur.path).manifest.stats
         curate_s = time.perf_counter() - t
-        paired = run(seed, "with-pairs" if args.pair_encoder == "ckpt" else f"with-pairs-{args.pair_encoder}", str(cur.path))
+        paired = run(seed, run_name(args.pair_encoder, args.agree_with), str(cur.path))
         rows.append({"seed": seed, "baseline": base, "with_pairs": paired,
                      "pairs": {"num_pairs": stats.num_pairs, "coverage": round(stats.coverage, 4),
                                "images_in_pairs": round(stats.images_in_pairs, 4),
-                               "label_precision": round(stats.label_precision or 0, 4), "curate_seconds": round(curate_s)},
+                               "label_precision": round(stats.label_precision or 0, 4), "curate_seconds": round(curate_s),
+                               "mining_counts": cur.counts, "dataset": str(cur.path)},
                      "gain_points": round(paired["knn_top1"] - base["knn_top1"], 2)})
     emit({
         "benchmark": "quality.cifar10", "machine": machine(),
-        "setting": {**setting, "pair_encoder": args.pair_encoder,
-                    "mining": {"k": args.k, "mutual": True, "min_score_quantile": args.quantile}},
+        "setting": {**setting, "pair_encoder": args.pair_encoder, "agree_with": args.agree_with, "mining": mining},
         "runs": rows,
         "mean_gain_points": round(sum(r["gain_points"] for r in rows) / len(rows), 2), "target_gain_points": 2.0,
     }, args.out)
+
+
+def run_name(pair_encoder: str, agree_with: str | None) -> str:
+    """The pair run's directory: one per encoder (and second encoder), never a path inside a path."""
+    slug = "".join(c if c.isalnum() else "-" for c in f"{pair_encoder}-{agree_with or ''}").strip("-")
+    return "with-pairs" if pair_encoder == "ckpt" and not agree_with else f"with-pairs-{slug[-60:]}"
 
 
 def random_init_knn(train_src: str, test_src: str, args) -> float:

@@ -21,6 +21,7 @@ EXAMPLE = (
 def curate_command(
     source: str | None = option(CurateConfig, "source"),
     encoder: str | None = option(CurateConfig, "encoder"),
+    agree_with: str | None = option(CurateConfig, "agree_with"),
     store: Path | None = option(CurateConfig, "store"),
     name: str | None = option(CurateConfig, "name"),
     version: str | None = option(CurateConfig, "version"),
@@ -62,6 +63,7 @@ def curate_command(
         sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
         return
     s = result.stats
+    _near_duplicate_note(result.counts, s, cfg.mining.duplicate_threshold)
     prec = "" if s["label_precision"] is None else f", label precision {s['label_precision']:.1%}"
     out.print(f"published {result.path}: {s['num_pairs']} pairs, coverage {s['coverage']:.1%}{prec}", soft_wrap=True,
               highlight=False)
@@ -73,6 +75,19 @@ def curate_command(
     data = cfg.source if not cfg.source.startswith("embeddings:") else "YOUR_IMAGE_SOURCE"
     out.print(f"next: semipairs audit {result.path}   |   semipairs train --data {data} --pairs {result.path} "
               "--out runs/with-pairs", soft_wrap=True, highlight=False, markup=False)
+
+
+def _near_duplicate_note(counts: dict[str, int], stats: dict, threshold: float | None) -> None:
+    """Say so when the near-duplicate filter took a visible share: with a trained checkpoint's features (post-ReLU,
+    cosine 0.8-1.0) the best real pairs score above 0.98 too, and only the user can tell them from copies."""
+    from semipairs.console import note
+
+    dropped, seen = counts.get("near_duplicates", 0), counts.get("candidates", 0)
+    if seen and dropped / seen > 0.005:
+        q = stats.get("score_quantiles", {})
+        note(f"{dropped} candidate pairs ({dropped / seen:.1%}) scored at or above --duplicate-threshold {threshold} and "
+             f"were dropped as near-duplicates (kept pairs score {q.get('min', 0):.2f}-{q.get('max', 0):.2f}); if they "
+             "are not copies, raise --duplicate-threshold (e.g. 0.999)")
 
 
 def audit_command(

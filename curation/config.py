@@ -54,6 +54,9 @@ class CurateConfig(BaseModel):
     layout: Literal["embedded", "reference"] | None = Field(
         None, description="embedded (images in shards) or reference (default embedded; reference for embeddings:DIR).")
     embeddings: Path | None = Field(None, description="Precomputed .npy embeddings in source order (skips the encoder).")
+    agree_with: str | None = Field(None, description="A second encoder (same specs as --encoder): keep a pair only "
+                                   "when its positive is also among this encoder's k nearest neighbours of the anchor. "
+                                   "Fewer, more precise pairs (two encoders rarely agree on a wrong partner).")
     image_size: int | None = Field(None, description="Encoder input size override.")
     batch_size: int = Field(256, ge=1, description="Embedding batch size.")
     num_workers: int = Field(2, ge=0, description="DataLoader decode workers.")

@@ -42,6 +42,8 @@ class Encoder:
     # the embedding stage may then feed batches straight from ``semipairs.decoded``.
     decoded_size: int | None = None
     normalise: tuple | None = None
+    # A training checkpoint trained with pairs: that dataset (name, version, content_hash), the parent of what it mines.
+    trained_on: dict[str, str] | None = None
 
 
 class PixelEncoder(nn.Module):
@@ -223,16 +225,18 @@ def _open_clip(spec: str, arg: str, image_size: int | None) -> Encoder:
 
 
 def _ckpt(spec: str, arg: str, image_size: int | None) -> Encoder:
-    from semipairs.checkpoint import load_backbone
+    from semipairs.checkpoint import backbone_from_state, load_checkpoint, trained_on
 
     path = _checked_file(spec, arg)
     try:
-        model, bspec, _ = load_backbone(path)
+        state = load_checkpoint(path)
+        model, bspec, _ = backbone_from_state(state)
     except ValueError as exc:
         raise EncoderError(str(exc)) from None
     size = image_size or bspec.image_size
     enc = _finish(spec, "ckpt", bspec.arch, path.name, sha256_file(path), model, evaluation(size), size)
     enc.decoded_size, enc.normalise = size, stats_for(size)  # the trainer's evaluation view, as the trainer fed it
+    enc.trained_on = trained_on(state)
     return enc
 
 

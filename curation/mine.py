@@ -1,5 +1,6 @@
 """Semantic-pair mining from kNN results: thresholds, mutual-kNN, near-duplicate removal, per-anchor cap,
-symmetric de-duplication, optional CSLS hubness correction. Vectorised over the N x k candidate table."""
+symmetric de-duplication, optional CSLS hubness correction, agreement with a second encoder's neighbours.
+Vectorised over the N x k candidate table."""
 
 from __future__ import annotations
 
@@ -18,8 +19,11 @@ class MiningResult:
     threshold: float | None = None
 
 
-def mine(scores: np.ndarray, ids: np.ndarray, cfg: MiningConfig) -> MiningResult:
-    """Pairs from ``scores``/``ids`` (N x k, best first, self excluded; every row a readable image)."""
+def mine(scores: np.ndarray, ids: np.ndarray, cfg: MiningConfig, agree: np.ndarray | None = None) -> MiningResult:
+    """Pairs from ``scores``/``ids`` (N x k, best first, self excluded; every row a readable image).
+
+    ``agree``: a second encoder's neighbours of the same rows (N x k2); a candidate is kept only when its
+    positive is among them too. Two encoders that fail differently rarely agree on a wrong partner."""
     n, k = ids.shape
     k = min(k, cfg.k)
     scores, ids = scores[:, :k], ids[:, :k]
@@ -50,6 +54,11 @@ def mine(scores: np.ndarray, ids: np.ndarray, cfg: MiningConfig) -> MiningResult
     if cfg.mutual:
         counts["not_mutual"] = int((ok & ~is_mutual).sum())
         ok &= is_mutual
+    if agree is not None:
+        a2 = np.repeat(np.arange(n), agree.shape[1])
+        agreed = _contains(a2[agree.ravel() >= 0], agree.ravel()[agree.ravel() >= 0], anchor, pos, n) & ok
+        counts["not_agreed"] = int((ok & ~agreed).sum())
+        ok = agreed
 
     sel = np.flatnonzero(ok)  # anchor-major, best first within an anchor
     if cfg.csls:  # CSLS re-ranks neighbours within each anchor
@@ -74,17 +83,24 @@ def mine(scores: np.ndarray, ids: np.ndarray, cfg: MiningConfig) -> MiningResult
 
 
 def _mutual(anchor: np.ndarray, pos: np.ndarray, ok: np.ndarray, n: int) -> np.ndarray:
-    """Whether each candidate (i, j) has (j, i) among the candidates too: both edge lists sorted, then one
-    ordered ``searchsorted`` (an unordered one over millions of edges is cache-bound, ~5x slower)."""
+    """Whether each candidate (i, j) has (j, i) among the candidates too."""
     if not ok.any():
         return np.zeros_like(ok)
-    edges = np.sort(anchor[ok].astype(np.int64) * n + pos[ok])
-    rev = pos.astype(np.int64) * n + anchor
-    by = np.argsort(rev, kind="stable")
-    at = np.searchsorted(edges, rev[by])
-    hit = np.zeros_like(ok)
-    hit[by] = edges[np.minimum(at, len(edges) - 1)] == rev[by]
-    return hit & ok
+    return _contains(anchor[ok], pos[ok], pos, anchor, n) & ok
+
+
+def _contains(edge_a: np.ndarray, edge_b: np.ndarray, query_a: np.ndarray, query_b: np.ndarray, n: int) -> np.ndarray:
+    """Whether each edge (query_a, query_b) is among the edges (edge_a, edge_b): both edge lists sorted, then
+    one ordered ``searchsorted`` (an unordered one over millions of edges is cache-bound, ~5x slower)."""
+    if not len(edge_a):
+        return np.zeros(len(query_a), bool)
+    edges = np.sort(edge_a.astype(np.int64) * n + edge_b)
+    codes = query_a.astype(np.int64) * n + query_b
+    by = np.argsort(codes, kind="stable")
+    at = np.searchsorted(edges, codes[by])
+    hit = np.zeros(len(codes), bool)
+    hit[by] = edges[np.minimum(at, len(edges) - 1)] == codes[by]
+    return hit
 
 
 def _within_anchor(anchors: np.ndarray) -> np.ndarray:

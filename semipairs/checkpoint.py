@@ -16,7 +16,7 @@ from torch import nn
 from semipairs import faults
 from semipairs.atomic import atomic_write
 from semipairs.backbones import BackboneSpec, backbone_state, build_backbone
-from semipairs.errors import InvalidValueError
+from semipairs.errors import InvalidValueError, SemipairsError
 
 CHECKPOINT_VERSION = 1
 
@@ -84,6 +84,23 @@ def backbone_from_state(state: dict[str, Any], key: str = "backbone") -> tuple[n
 def load_backbone(path: str | Path) -> tuple[nn.Module, BackboneSpec, int]:
     """The backbone of a checkpoint, in eval mode: (model, spec, feature dim)."""
     return backbone_from_state(load_checkpoint(path))
+
+
+def trained_on(state: dict[str, Any]) -> dict[str, str] | None:
+    """The pair dataset (name, version, content_hash) a checkpoint was trained with, or None. Checkpoints written
+    before the trainer recorded it name the dataset's path in their config: read it there while it still loads."""
+    if state.get("pairs_dataset"):
+        return dict(state["pairs_dataset"])
+    path = (state.get("config") or {}).get("pairs")
+    if not path:
+        return None
+    try:
+        from semipairs.dataset import PairDataset
+
+        m = PairDataset(path).manifest
+    except (SemipairsError, OSError):  # moved or deleted since: the lineage is unknown, not an error
+        return None
+    return {"name": m.name, "version": m.version, "content_hash": m.content_hash}
 
 
 def rng_state() -> dict:

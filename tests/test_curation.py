@@ -77,6 +77,59 @@ def test_mining_thresholds_duplicates_and_symmetry() -> None:
         MiningConfig(min_score=0.1, min_score_quantile=0.5)
 
 
+def test_agreement_keeps_a_candidate_only_when_the_second_encoder_finds_it_too() -> None:
+    # 4 images, k = 2; the second encoder's lists share (0, 1) and (2, 3) with the first, and (1, 0) is missing
+    scores = np.array([[0.9, 0.5], [0.9, 0.4], [0.8, 0.3], [0.8, 0.2]], np.float32)
+    ids = np.array([[1, 2], [0, 3], [3, 0], [2, 1]])
+    agree = np.array([[1, 3], [2, -1], [3, 1], [2, 0]])
+    cfg = MiningConfig(k=2, max_per_anchor=2, symmetric_dedup=False, duplicate_threshold=None)
+    r = mine(scores, ids, cfg, agree)
+    assert r.pairs[["anchor", "positive"]].values.tolist() == [[0, 1], [2, 3], [3, 2]]
+    assert r.counts["not_agreed"] == 5 and r.counts["pairs"] == 3
+    assert "not_agreed" not in mine(scores, ids, cfg).counts
+
+
+def test_curate_agree_with_keeps_the_pairs_both_encoders_find(cifar_folder: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import torchvision
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    shutil.copytree(cifar_folder, folder)
+    Image.new("RGB", (32, 32), (128, 128, 128)).save(folder / "cat" / "grey.jpg")  # pixels: all zeros, no direction
+    torch.manual_seed(0)
+    weights = tmp_path / "resnet18-random.pt"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
+    first = f"torchvision:resnet18/{weights}"
+    mining = MiningConfig(k=5, max_per_anchor=5, symmetric_dedup=False, duplicate_threshold=None)
+    res = curate(_cfg(folder, tmp_path / "s", encoder=first, agree_with="pixels", image_size=32, mining=mining),
+                 progress=False)
+    ds = semipairs.load(res.path)
+    m, t = ds.manifest, ds.table
+
+    # the same sets recomputed by hand: each encoder's 5 nearest neighbours among the images both can use
+    src = open_source(f"imagefolder:{folder}")
+    keys = np.array(src.keys())
+    one = embed_source(src, load_encoder(first, 32), tmp_path / "c1", num_workers=0, progress=False)
+    two = embed_source(src, load_encoder("pixels", 32), tmp_path / "c2", num_workers=0, progress=False)
+    grey = list(keys).index("cat/grey")
+    good = np.flatnonzero(np.linalg.norm(two.vectors, axis=1) > 0)
+    assert grey not in good and len(good) == 300
+
+    def neighbours(x: np.ndarray) -> set:
+        x = x[good] / np.linalg.norm(x[good], axis=1, keepdims=True)
+        nn = np.argsort(-(x @ x.T) + 10 * np.eye(len(x)), axis=1)[:, :5]
+        return {(keys[good[a]], keys[good[b]]) for a in range(len(x)) for b in nn[a]}
+
+    expected = neighbours(np.asarray(one.vectors)) & neighbours(np.asarray(two.vectors))
+    assert set(zip(t["anchor_key"], t["positive_key"])) == expected and 0 < len(expected) < 300 * 5
+    assert m.mining.counts["not_agreed"] == 300 * 5 - len(expected)
+    assert m.encoder.kind == "torchvision" and m.mining.agree_with["kind"] == "pixels"
+    assert [(s.key, "all zeros" in s.reason) for s in m.source.skipped] == [("cat/grey", True)]
+    assert ds.verify().ok
+
+
 def test_resume_does_not_recompute_finished_chunks(cifar_folder: Path, tmp_path: Path) -> None:
     src = open_source(f"imagefolder:{cifar_folder}")
     enc = load_encoder("pixels")
@@ -175,6 +228,7 @@ def test_bring_your_own_embeddings(cifar_folder: Path, tmp_path: Path) -> None:
         ("rows", "299 rows but source"),
         ("encoder", "unknown encoder spec 'magic:x'"),
         ("weights", "weights file .*missing.pt not found"),
+        ("agree", "unknown encoder spec 'magic:y'"),
     ],
 )
 def test_bad_input_is_named_before_anything_is_published(case: str, message: str, cifar_folder: Path, tmp_path: Path) -> None:
@@ -194,6 +248,8 @@ def test_bad_input_is_named_before_anything_is_published(case: str, message: str
         kw["embeddings"] = tmp_path / "e.npy"
     elif case == "encoder":
         kw["encoder"] = "magic:x"
+    elif case == "agree":
+        kw["agree_with"] = "magic:y"
     else:
         kw["encoder"] = f"torchvision:resnet18/{tmp_path / 'missing.pt'}"
     with pytest.raises(SemipairsError, match=message):
@@ -215,6 +271,17 @@ def test_cli_yaml_config_flags_override_and_json(cifar_folder: Path, tmp_path: P
     assert semipairs.load(path).manifest.mining.k == 4
     r = CliRunner().invoke(app, ["curate", "--config", str(tmp_path / "c.yaml"), "--k", "0"])
     assert r.exit_code == 2 and "--k (config key 'mining.k')" in r.output
+
+
+def test_a_near_duplicate_filter_that_takes_many_candidates_says_so(cifar_folder: Path, tmp_path: Path) -> None:
+    common = ["curate", "--source", f"imagefolder:{cifar_folder}", "--store", str(tmp_path / "s"), "--num-workers", "0"]
+    quiet = CliRunner().invoke(app, [*common, "--name", "a"])
+    loud = CliRunner().invoke(app, [*common, "--name", "b", "--duplicate-threshold", "0.6"])
+    assert quiet.exit_code == loud.exit_code == 0, (quiet.output, loud.output)
+    assert "near-duplicates" not in quiet.output
+    dropped = semipairs.load(tmp_path / "s" / "b" / "1.0.0").manifest.mining.counts["near_duplicates"]
+    assert dropped > 30 and f"note: {dropped} candidate pairs" in " ".join(loud.output.split())
+    assert "raise --duplicate-threshold" in " ".join(loud.output.split())
 
 
 @pytest.mark.slow

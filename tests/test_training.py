@@ -81,6 +81,34 @@ def test_trainer_runs_both_methods_with_pairs(cifar_folder: Path, pairs_ds: Path
     assert load_checkpoint(tmp_path / "moco" / "checkpoint.pt")["teacher"] is not None
 
 
+def test_pairs_mined_with_a_checkpoint_name_the_pairs_it_was_trained_with_as_parent(cifar_folder: Path, pairs_ds: Path,
+                                                                                   tmp_path: Path) -> None:
+    """train -> mine -> train rounds: each round's dataset records the one that trained its encoder."""
+    from curation.mine import MiningConfig
+    from curation.pipeline import CurateConfig, curate
+
+    ring = semipairs.load(pairs_ds).manifest
+    for name, pairs in (("paired", str(pairs_ds)), ("plain", None)):
+        train(_cfg(cifar_folder, tmp_path / name, method="simclr", pairs=pairs, epochs=1, max_steps=2), progress=False)
+
+    def parent_of(ckpt: Path, name: str):
+        res = curate(CurateConfig(source=f"imagefolder:{cifar_folder}", encoder=f"ckpt:{ckpt}", store=tmp_path / "s",
+                                  name=name, num_workers=0, mining=MiningConfig(k=5)), progress=False)
+        return semipairs.load(res.path).manifest.parent
+
+    state = load_checkpoint(tmp_path / "paired" / "checkpoint.pt")
+    assert state["pairs_dataset"] == {"name": "ring", "version": "1.0.0", "content_hash": ring.content_hash}
+    got = parent_of(tmp_path / "paired" / "checkpoint.pt", "round2")
+    assert (got.name, got.version, got.content_hash) == ("ring", "1.0.0", ring.content_hash)
+    assert parent_of(tmp_path / "plain" / "checkpoint.pt", "round1") is None
+    # a checkpoint written before the field existed: its config's pairs path, read while it still loads
+    torch.save({k: v for k, v in state.items() if k != "pairs_dataset"}, tmp_path / "old.pt")
+    assert parent_of(tmp_path / "old.pt", "old").content_hash == ring.content_hash
+    torch.save({**{k: v for k, v in state.items() if k != "pairs_dataset"},
+                "config": {**state["config"], "pairs": str(tmp_path / "gone")}}, tmp_path / "moved.pt")
+    assert parent_of(tmp_path / "moved.pt", "moved") is None
+
+
 def test_moco_with_reco_terms_trains(cifar_folder: Path, tmp_path: Path) -> None:
     m = train(_cfg(cifar_folder, tmp_path / "reco", reco=True, epochs=1), progress=False)
     parts = m["epochs"][0]["parts"]

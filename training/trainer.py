@@ -225,9 +225,11 @@ def setup(cfg: TrainConfig, rank: int, world: int, progress: bool = False) -> Ru
             synced, broadcast_buffers=False, device_ids=[torch.device(device).index] if on_gpu else None)
     if cfg.compile:
         train_model = torch.compile(train_model)
+    lineage = {"pairs_dataset": {"name": pairs.manifest.name, "version": pairs.manifest.version,
+                                 "content_hash": pairs.manifest.content_hash}} if pairs is not None else {}
     return Run(cfg, rank, world, device, precision, model, train_model, spec, optimizer, scheduler, data, total,
                {"method": cfg.method, "precision": precision.label, "precision_reason": precision.reason,
-                "data_path": type(data).__name__, "epochs": []})
+                "data_path": type(data).__name__, **lineage, "epochs": []})
 
 
 def choose_training_precision(cfg: TrainConfig, model: nn.Module, device: str) -> Precision:
@@ -328,6 +330,7 @@ def save(run: Run, epoch: int) -> None:
         teacher=backbone_state(model.backbone_k) if cfg.method == "moco" else None,
         model=model.state_dict(), optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
         epoch=epoch + 1, rng=rng_state(), config=cfg.model_dump(mode="json"),
+        pairs_dataset=run.metrics.get("pairs_dataset"),  # the lineage a curate with this checkpoint records as parent
         metrics_epochs=json.dumps(run.metrics["epochs"])))
     write_text(run.out / "metrics.json", json.dumps(run.metrics, indent=1))
 
