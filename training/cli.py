@@ -12,8 +12,8 @@ from semipairs.config import config_option, flags, load_config, option
 from semipairs.errors import InvalidValueError
 from training.configs import EvalConfig, RefineConfig, TrainConfig
 
-TRAIN_EXAMPLE = ("Example: semipairs train --method moco --data cifar10:data --pairs store/cifar-pairs --epochs 200 "
-                 "--backbone resnet18 --cifar-stem --out runs/moco-pairs   "
+TRAIN_EXAMPLE = ("Example: semipairs train --data cifar10:data --pairs store/cifar-pairs --epochs 200 "
+                 "--backbone resnet18 --cifar-stem --out runs/with-pairs   "
                  "(multi-GPU: torchrun --nproc_per_node 8 -m semipairs.cli train ...)")
 EVAL_EXAMPLE = ("Example: semipairs eval --checkpoint runs/moco/checkpoint.pt --train cifar10:data --test cifar10:data:test "
                 "--linear")

@@ -23,8 +23,8 @@ class TrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     method: Literal["moco", "simsiam", "simclr"] = Field(
-        "moco", description="moco, simsiam or simclr (in-batch NT-Xent; with --pair-mode inbatch, partners in the "
-        "batch are positives).")
+        "simclr", description="simclr (in-batch NT-Xent; with pairs, partners in the batch are positives: the measured "
+        "best at CPU budgets, docs/benchmarks.md), moco (MoCo-v2) or simsiam.")
     data: str = Field(description=f"Training images: {SOURCES}.")
     out: Path = Field(description="Run directory: checkpoint.pt, metrics.json, config.yaml.")
     pairs: str | None = Field(None, description="Pair dataset (path or hf://OWNER/NAME[@REV]) whose semantic pairs "
@@ -57,10 +57,10 @@ class TrainConfig(BaseModel):
     decode_budget_gb: float | None = Field(None, ge=0, description="Decode the images once into a memory-mapped array "
                                            "when they fit this many GB (default: a quarter of RAM; 0: always stream).")
     pair_mode: Literal["extra", "swap", "multi", "inbatch"] | None = Field(
-        None, description="How pairs join: extra (SePP-ID extra samples; the default, but inbatch for simclr), swap (a "
+        None, description="How pairs join: extra (SePP-ID extra samples; the default for moco and simsiam), swap (a "
         "partner's view replaces an image's key view with --swap-prob), multi (MoCo: queued partner keys are "
         "positives) or inbatch (half of each batch are partners of the other half, and positives in the loss; simclr "
-        "or moco). swap, multi and inbatch need the decoded path.")
+        "(its default) or moco). swap, multi and inbatch need the decoded path.")
     swap_prob: float = Field(0.5, ge=0, le=1, description="swap mode: chance an image with partners takes one as its key.")
     pair_weight: float = Field(1.0, ge=0, description="Loss weight of pair samples relative to same-image samples.")
     pair_warmup: float = Field(0.0, ge=0, lt=1, description="Share of the step budget before pairs join (decoded path).")
