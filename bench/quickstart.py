@@ -20,10 +20,13 @@ from bench._common import emit, machine  # noqa: E402
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--method", default=None, help="quickstart --method (default: the quickstart's own)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="sp-bench-qs-"))
     t = time.perf_counter()
-    proc = subprocess.run(["semipairs", "quickstart", "--out", str(work), "--json"], capture_output=True, text=True, check=True)
+    method = ["--method", args.method] if args.method else []
+    proc = subprocess.run(["semipairs", "quickstart", "--out", str(work), "--json", *method], capture_output=True, text=True,
+                          check=True)
     seconds = time.perf_counter() - t
     res = json.loads(proc.stdout)
     rows = [{k: v for k, v in r.items() if k != "checkpoint"} for r in res["rows"]]
