@@ -71,6 +71,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.06, help="base LR for batch 256 (train --lr), scaled linearly")
     ap.add_argument("--cifar-stem", action="store_true")
+    ap.add_argument("--temperature", type=float, default=0.2, help="contrastive temperature (train's temperature)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--quantile", type=lambda v: None if v == "none" else float(v), default=0.3,
@@ -138,7 +139,8 @@ def main() -> None:
                           epochs=args.epochs, max_steps=args.steps or None, batch_size=args.batch_size, image_size=32,
                           cifar_stem=args.cifar_stem,
                           num_workers=args.workers, seed=seed, pair_mode=args.pair_mode, swap_prob=args.swap_prob,
-                          pair_weight=args.pair_weight, pair_warmup=args.pair_warmup, lr=args.lr)
+                          pair_weight=args.pair_weight, pair_warmup=args.pair_warmup, lr=args.lr,
+                          temperature=args.temperature)
         t = time.perf_counter()
         m = train(cfg, progress=True)
         seconds = time.perf_counter() - t
@@ -154,7 +156,8 @@ def main() -> None:
     setting = {"train_images": args.train_images, "test_images": args.test_images, "backbone": "resnet18",
                "cifar_stem": args.cifar_stem, "image_size": 32, "batch_size": args.batch_size, "steps": args.steps, "lr": args.lr,
                "method": args.method, "pair_mode": args.pair_mode, "swap_prob": args.swap_prob, "pair_weight": args.pair_weight,
-               "pair_warmup": args.pair_warmup, "pair_ratio": args.pair_ratio, "knn": {"k": 200, "temperature": 0.07}}
+               "pair_warmup": args.pair_warmup, "pair_ratio": args.pair_ratio, "knn": {"k": 200, "temperature": 0.07},
+               "temperature": args.temperature}
     setting["random_init_knn"] = (args.random_init_knn if args.random_init_knn is not None
                                   else random_init_knn(train_src, test_src, args))
     if args.curve or args.baseline_only:
@@ -262,13 +265,13 @@ def run_curve(args, seeds, run, train_src: str, work: Path, setting: dict) -> No
         plot_curve(result, args.plot)
 
 
-SAME_BUDGET = ("train_images", "test_images", "backbone", "cifar_stem", "image_size", "batch_size", "steps", "lr",
+SAME_BUDGET = ("train_images", "test_images", "backbone", "cifar_stem", "image_size", "batch_size", "steps", "lr", "temperature",
                "method", "knn", "random_init_knn")
 
 
 def setting_of(result: dict) -> dict:
-    """A result's setting; results written before --lr existed ran at base LR 0.06."""
-    return {"lr": 0.06, **result["setting"]}
+    """A result's setting; results written before --lr / --temperature existed ran at base LR 0.06, T 0.2."""
+    return {"lr": 0.06, "temperature": 0.2, **result["setting"]}
 
 
 def earlier_baseline(path: str, setting: dict, seed: int) -> dict:

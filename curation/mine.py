@@ -55,8 +55,8 @@ def mine(scores: np.ndarray, ids: np.ndarray, cfg: MiningConfig, agree: np.ndarr
         counts["not_mutual"] = int((ok & ~is_mutual).sum())
         ok &= is_mutual
     if agree is not None:
-        a2 = np.repeat(np.arange(n), agree.shape[1])
-        agreed = _contains(a2[agree.ravel() >= 0], agree.ravel()[agree.ravel() >= 0], anchor, pos, n) & ok
+        other, found = agree.ravel(), agree.ravel() >= 0
+        agreed = _contains(np.repeat(np.arange(n), agree.shape[1])[found], other[found], anchor, pos, n) & ok
         counts["not_agreed"] = int((ok & ~agreed).sum())
         ok = agreed
 
