@@ -55,7 +55,8 @@ def mine(scores: np.ndarray, ids: np.ndarray, cfg: MiningConfig, agree: np.ndarr
         counts["not_mutual"] = int((ok & ~is_mutual).sum())
         ok &= is_mutual
     if agree is not None:
-        other, found = agree.ravel(), agree.ravel() >= 0
+        other = agree.ravel()
+        found = other >= 0
         agreed = _contains(np.repeat(np.arange(n), agree.shape[1])[found], other[found], anchor, pos, n) & ok
         counts["not_agreed"] = int((ok & ~agreed).sum())
         ok = agreed

@@ -147,12 +147,8 @@ class Encoded(NamedTuple):
     parent: ParentRef | None = None  # the pair dataset a ``ckpt:`` encoder was trained with (train -> mine rounds)
 
 
-def _embeddings(cfg: CurateConfig, source: ImageSource, progress: bool, encoder_spec: str | None = None) -> Encoded:
-    """The rows to search (memory-mapped where they come from files) and the encoder they came from;
-    ``encoder_spec`` embeds with that encoder instead of the configured rows (``--agree-with``)."""
-    keys = source.keys()
-    if encoder_spec is not None:
-        return _encoded(cfg, source, encoder_spec, keys, progress)
+def _embeddings(cfg: CurateConfig, source: ImageSource, keys: list[str], progress: bool) -> Encoded:
+    """The rows to search (memory-mapped where they come from files) and the encoder they came from."""
     if not source.has_images:  # embeddings:DIR: vectors checked in place, a bad row is the user's bug to fix
         source.check_rows()
         emb = Embeddings(source.vectors, np.ones(len(source), bool))
@@ -185,8 +181,8 @@ def _curate(cfg: CurateConfig, source: ImageSource, rank: int, progress: bool) -
     keys = source.keys()
     seconds: dict[str, float] = {}
     with _timed(seconds, "embeddings"):
-        first = _embeddings(cfg, source, progress and rank == 0)
-        second = _embeddings(cfg, source, progress, cfg.agree_with) if cfg.agree_with else None
+        first = _embeddings(cfg, source, keys, progress and rank == 0)
+        second = _encoded(cfg, source, cfg.agree_with, keys, progress) if cfg.agree_with else None
     emb = first.emb
     if second is not None:  # a row either encoder cannot use is left out of both searches
         row_of = source.index_of()

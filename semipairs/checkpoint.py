@@ -97,10 +97,9 @@ def trained_on(state: dict[str, Any]) -> dict[str, str] | None:
     try:
         from semipairs.dataset import PairDataset
 
-        m = PairDataset(path).manifest
+        return PairDataset(path).manifest.ref().model_dump()
     except (SemipairsError, OSError):  # moved or deleted since: the lineage is unknown, not an error
         return None
-    return {"name": m.name, "version": m.version, "content_hash": m.content_hash}
 
 
 def rng_state() -> dict:

@@ -193,6 +193,10 @@ class Manifest(_Model):
     def shard_files(self) -> list[FileEntry]:
         return [f for f in self.files if f.path.startswith(DATA_DIR + "/")]
 
+    def ref(self) -> ParentRef:
+        """This version as another one's ``parent`` (a reviewed cut, or pairs mined by a model trained on it)."""
+        return ParentRef(name=self.name, version=self.version, content_hash=self.content_hash)
+
     def to_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
 

@@ -479,7 +479,7 @@ def publish_reviewed(ds: PairDataset, version: str, reviews: str | Path | None =
     scoring below the threshold that reaches it). Its manifest names ``ds`` as parent and records the
     review; ``ds`` itself is not touched. ``store`` defaults to ``ds``'s own; a reference version reads no
     image, an embedded one copies the kept pairs' images from its shards."""
-    from semipairs.manifest import ParentRef, ReviewRecord
+    from semipairs.manifest import ReviewRecord
     from semipairs.publish import PublishRequest, new_version_dir, publish
     from semipairs.sources import open_source
     from semipairs.sources.pairs import PairImages
@@ -520,7 +520,7 @@ def publish_reviewed(ds: PairDataset, version: str, reviews: str | Path | None =
     source = PairImages(spec=m.source.uri, dataset=ds, images=open_source(images) if images else None)
     return publish(PublishRequest(
         store=store, name=m.name, version=version, source=source, pairs=pairs, layout=m.layout, encoder=m.encoder,
-        index=m.index, mining=m.mining, parent=ParentRef(name=m.name, version=m.version, content_hash=m.content_hash),
+        index=m.index, mining=m.mining, parent=m.ref(),
         source_info=m.source, review=record, check_images=False, progress=progress,
         config={"command": "review --publish", "reviewed": str(ds.path), "version": version, "target_precision": target},
     ))

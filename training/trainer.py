@@ -225,8 +225,7 @@ def setup(cfg: TrainConfig, rank: int, world: int, progress: bool = False) -> Ru
             synced, broadcast_buffers=False, device_ids=[torch.device(device).index] if on_gpu else None)
     if cfg.compile:
         train_model = torch.compile(train_model)
-    lineage = {"pairs_dataset": {"name": pairs.manifest.name, "version": pairs.manifest.version,
-                                 "content_hash": pairs.manifest.content_hash}} if pairs is not None else {}
+    lineage = {"pairs_dataset": pairs.manifest.ref().model_dump()} if pairs is not None else {}
     return Run(cfg, rank, world, device, precision, model, train_model, spec, optimizer, scheduler, data, total,
                {"method": cfg.method, "precision": precision.label, "precision_reason": precision.reason,
                 "data_path": type(data).__name__, **lineage, "epochs": []})
