@@ -12,6 +12,12 @@ them; the decision is cached per (model, input, torch version, CPU flags). Two r
   both contiguous and channels_last, so the backend can describe a buffer with the wrong layout (the
   same class as pytorch#95693 and the XPU fix of pytorch#190773). channels_last is never used where a
   convolution sees or produces a 1x1 map, whatever the check says.
+- the CPU bf16 weight gradient of a *strided* convolution leaves uninitialised memory in the kernel taps
+  that only ever cover padding (their true gradient is exactly 0): ResNet-18's layer4.0.conv1 (3x3,
+  stride 2) on the 1x1 map of a 16 px input returned 255 ... 3e30 there in 11-20 of 20 trials, in either
+  memory format, with oneDNN on or off (torch 2.14.1, AMD EPYC with avx512_bf16; ``padding_only_taps``
+  gives the measured geometry). Such a convolution runs in fp32 inside the bf16 run (``fp32_modules``),
+  the rest of the model in bf16, and the check then compares the whole step with fp32 as for any option.
 - a check of one step is a sample: ``require_finite`` guards every step that follows.
 
 Losses always run in fp32 (``full_precision``).
@@ -42,6 +48,8 @@ _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # bf16 must beat fp32 by this much for ``auto`` to take it: fp32 is the reference, timing on a shared
 # 2-core machine swings by ~10%, and a tie is not worth 8 mantissa bits.
 _SPEEDUP_MARGIN = 1.15
+# Bumped when the rules above change, so a choice cached under older rules is checked again.
+_RULES = 2
 
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
@@ -63,15 +71,39 @@ def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     return any(f in cpu_flags(cpuinfo) for f in _BF16_FLAGS)
 
 
+def _fp32_forward(self: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor:
+    with full_precision(x.device.type):
+        return self._conv_forward(x.float(), self.weight, self.bias)
+
+
+class FullPrecisionConv1d(nn.Conv1d):
+    """A convolution that computes in fp32 inside bf16 autocast (``Precision.fp32_modules``); same parameters."""
+
+    forward = _fp32_forward
+
+
+class FullPrecisionConv2d(nn.Conv2d):
+    forward = _fp32_forward
+
+
+class FullPrecisionConv3d(nn.Conv3d):
+    forward = _fp32_forward
+
+
+_FULL_PRECISION = {nn.Conv1d: FullPrecisionConv1d, nn.Conv2d: FullPrecisionConv2d, nn.Conv3d: FullPrecisionConv3d}
+
+
 @dataclass(frozen=True)
 class Precision:
-    """What a command runs in: ``name`` fp32 (autocast off) or bf16 (autocast), with or without channels_last;
-    ``reason`` says why it was chosen when a check decided."""
+    """What a command runs in: ``name`` fp32 (autocast off) or bf16 (autocast), with or without channels_last,
+    and the modules (by name) that compute in fp32 inside a bf16 run; ``reason`` says why it was chosen when a
+    check decided."""
 
     name: str
     device_type: str
     channels_last: bool = False
     reason: str = ""
+    fp32_modules: tuple[str, ...] = ()
 
     @property
     def bf16(self) -> bool:
@@ -87,6 +119,13 @@ class Precision:
         return torch.autocast(self.device_type, dtype=torch.bfloat16)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
+        """``model`` in this precision's memory format, its ``fp32_modules`` switched to their fp32 class in place
+        (parameters, names and state_dict keys unchanged)."""
+        if self.bf16:
+            modules = dict(model.named_modules())
+            for name in self.fp32_modules:
+                if name in modules and type(modules[name]) in _FULL_PRECISION:
+                    modules[name].__class__ = _FULL_PRECISION[type(modules[name])]
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -163,17 +202,53 @@ def agreement(reference: Sequence[torch.Tensor], other: Sequence[torch.Tensor],
     return None if cos >= MIN_TOTAL_COSINE else f"all tensors together: cosine {cos:.3f} to fp32"
 
 
+def padding_only_taps(conv: nn.modules.conv._ConvNd, spatial: Sequence[int]) -> bool:
+    """True when ``conv`` is strided along a dimension in which some kernel tap never meets the input (it only
+    covers padding) for an input of size ``spatial``. Measured on the CPU bf16 kernels (torch 2.14.1, AMD EPYC
+    avx512_bf16, 12 trials per shape over maps 1-8, kernels 3 and 5, strides 1-3, paddings 0-2): every bad
+    weight gradient had such a tap and a stride > 1 (k3 s2 on a 1x1 map, k3 s3 on 2x2, k5 s2 on 1x1 ...);
+    none of the 62 shapes without one was bad; stride 1 with only-padding taps (k3 s1 on 1x1) was clean.
+    The rule also takes k3 s2 on a 2x2 map (ResNet-18's layer4.0.conv1 at 32 px), clean here but of the same
+    kind: one convolution in fp32 costs little."""
+    if isinstance(conv.padding, str):  # 'same' is stride 1 only; 'valid' pads nothing
+        return False
+    for size, k, s, p, d in zip(spatial, conv.kernel_size, conv.stride, conv.padding, conv.dilation):
+        out = (size + 2 * p - d * (k - 1) - 1) // s + 1
+        if s == 1 or out < 1:
+            continue
+        for i in range(k):  # tap i reads positions o*s - p + i*d, o in [0, out): live if one lies in [0, size)
+            first = max(0, -(-(p - i * d) // s))
+            last = min(out - 1, (size - 1 + p - i * d) // s)
+            if first > last:
+                return True
+    return False
+
+
+@dataclass
+class ConvolutionWatch:
+    """What the convolutions of a watched model met in its forward passes: module names."""
+
+    unit_maps: list[str]  # saw or produced a 1x1 map
+    padding_taps: list[str]  # ``padding_only_taps`` at the input they saw
+
+
 @contextlib.contextmanager
-def watch_unit_maps(model: nn.Module):
-    """Yields a list that becomes non-empty when a convolution of ``model`` (or of a deep copy made inside the
-    block: hooks are copied with the module) sees or produces a 1x1 map."""
-    seen: list[str] = []
+def watch_convolutions(model: nn.Module):
+    """Yields a ``ConvolutionWatch`` that fills as the convolutions of ``model`` (or of a deep copy made inside
+    the block: hooks are copied with the module) run."""
+    seen = ConvolutionWatch([], [])
 
-    def hook(m, inputs, output) -> None:
-        if any(t.dim() >= 4 and math.prod(t.shape[2:]) == 1 for t in (inputs[0], output)):
-            seen.append(type(m).__name__)
+    def hook(name: str):
+        def record(m, inputs, output) -> None:
+            if any(t.dim() >= 4 and math.prod(t.shape[2:]) == 1 for t in (inputs[0], output)) \
+                    and name not in seen.unit_maps:
+                seen.unit_maps.append(name)
+            if padding_only_taps(m, inputs[0].shape[2:]) and name not in seen.padding_taps:
+                seen.padding_taps.append(name)
+        return record
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    handles = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
+               if isinstance(m, nn.modules.conv._ConvNd)]
     try:
         yield seen
     finally:
@@ -190,7 +265,7 @@ def _cache_file() -> Path:
 def _cache_key(requested: str, device: str, key: str) -> str:
     flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16"})
     gpu = torch.cuda.get_device_name() if device.startswith("cuda") and torch.cuda.is_available() else ""
-    text = json.dumps([requested, device, key, torch.__version__, flags, gpu])
+    text = json.dumps([requested, device, key, torch.__version__, flags, gpu, _RULES])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -216,40 +291,49 @@ def _write_cache(entry_key: str, entry: dict) -> None:
 
 def select_precision(requested: str, device: str, probe: Callable[[Precision], Sequence[torch.Tensor]], *,
                      key: str, model: nn.Module | None = None, names: Sequence[str] | None = None,
-                     cache: bool | None = None) -> Precision:
+                     cache: bool | None = None, timer: Callable[[Precision], float] | None = None) -> Precision:
     """The precision to run in. ``probe(p)`` runs the actual model once in ``p`` from the same state and input
     and returns what must agree (gradients of a training step, or features); ``key`` names the model and
-    input size for the cache; ``model`` (when given) is watched for 1x1 maps. ``reason`` of the result says
-    why, and is non-empty when a configuration was refused. ``SEMIPAIRS_PRECISION_CACHE=0`` always checks."""
+    input size for the cache; ``model`` (when given) is watched for 1x1 maps and padding-only taps.
+    ``auto`` picks the fastest option that agrees: ``timer(p)`` (seconds of one warm step at the size the
+    run will use) when given, else a second call of ``probe``. ``reason`` of the result says why, and is
+    non-empty when a configuration was refused or adjusted. ``SEMIPAIRS_PRECISION_CACHE=0`` always checks."""
     cache = os.environ.get("SEMIPAIRS_PRECISION_CACHE", "1") != "0" if cache is None else cache
     options = candidates(requested, device)
     if len(options) == 1:
         return options[0]
     entry_key = _cache_key(requested, device, key)
     if cache and (hit := _read_cache().get(entry_key)):
-        return Precision(**{**hit["precision"], "device_type": torch.device(device).type})
+        saved = hit["precision"]
+        return Precision(**{**saved, "device_type": torch.device(device).type,
+                            "fp32_modules": tuple(saved.get("fp32_modules", ()))})
     timings: dict[str, float] = {}
     timing = requested == "auto"  # an explicit bf16 takes the first that agrees: nothing to time
 
+    def seconds(p: Precision) -> float:
+        sync = torch.cuda.synchronize if p.device_type == "cuda" else (lambda: None)  # GPU kernels run async
+        sync()
+        t = time.perf_counter()
+        probe(p)  # the first call paid for kernel creation; this one is warm
+        sync()
+        return time.perf_counter() - t
+
     def run(p: Precision) -> Sequence[torch.Tensor]:
-        out = probe(p)  # the first call pays for kernel creation; the second, warm, is the one timed
+        out = probe(p)
         if timing:
-            sync = torch.cuda.synchronize if p.device_type == "cuda" else (lambda: None)  # GPU kernels run async
-            sync()
-            t = time.perf_counter()
-            probe(p)
-            sync()
-            timings[p.label] = time.perf_counter() - t
+            timings[p.label] = timer(p) if timer is not None else seconds(p)
         return out
 
     fp32 = options[-1]
-    with watch_unit_maps(model if model is not None else nn.Module()) as unit_maps:
+    with watch_convolutions(model if model is not None else nn.Module()) as seen:
         reference = run(fp32)
+    fp32_modules = tuple(seen.padding_taps) if fp32.device_type == "cpu" else ()
     refused, passed = [], []
     for p in options[:-1]:
-        if p.channels_last and unit_maps:
+        if p.channels_last and seen.unit_maps:
             refused.append(f"{p.label}: a convolution sees a 1x1 map (a layout oneDNN gets wrong)")
             continue
+        p = replace(p, fp32_modules=fp32_modules)
         why = agreement(reference, run(p), names)
         if why:
             refused.append(f"{p.label}: {why}")
@@ -264,10 +348,15 @@ def select_precision(requested: str, device: str, probe: Callable[[Precision], S
         speedup = timings[fp32.label] / timings[fastest.label] if fastest else 0.0
         chosen = fastest if fastest and speedup >= _SPEEDUP_MARGIN else fp32
     figures = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in timings.items())
-    reason = "; ".join(refused)
+    notes = refused
+    if chosen.bf16 and chosen.fp32_modules:
+        first = chosen.fp32_modules[0]
+        more = f" and {len(chosen.fp32_modules) - 1} more" if len(chosen.fp32_modules) > 1 else ""
+        notes = [*notes, f"{first}{more} in fp32 (a strided convolution with taps that only cover padding, "
+                         "where CPU bf16 weight gradients are garbage)"]
     if chosen is fp32 and passed and requested == "auto":
-        reason = (reason + "; " if reason else "") + f"bf16 is not faster here ({figures})"
-    chosen = replace(chosen, reason=reason)
+        notes = [*notes, f"bf16 is not faster here ({figures})"]
+    chosen = replace(chosen, reason="; ".join(notes))
     if cache:
         _write_cache(entry_key, {"precision": asdict(chosen), "timings_s": timings, "key": key})
     return chosen
@@ -289,6 +378,27 @@ def training_probe(model: nn.Module, inputs: Sequence[torch.Tensor], device: str
         return [loss.detach().float().reshape(1)] + [q.grad if q.grad is not None else torch.zeros_like(q)
                                                      for q in m.parameters() if q.requires_grad]
     return probe
+
+
+def training_timer(model: nn.Module, inputs: Sequence[torch.Tensor], device: str,
+                   step: Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]) -> Callable[[Precision], float]:
+    """A ``timer`` for ``select_precision``: seconds of one warm forward/backward of a copy of ``model`` on
+    ``inputs`` (the run's batch: at batch 8 the ranking can invert, e.g. 16 px ResNet-18 on avx512_bf16)."""
+
+    def timer(p: Precision) -> float:
+        m = p.prepare_model(copy.deepcopy(model).to(device))
+        xs = [p.prepare_input(x.to(device)) for x in inputs]
+        sync = torch.cuda.synchronize if p.device_type == "cuda" else (lambda: None)
+        with torch.random.fork_rng(devices=[]):
+            for _ in range(2):  # the first pays for kernel creation
+                sync()
+                t = time.perf_counter()
+                with p.autocast():
+                    loss = step(m, xs)
+                loss.float().backward()
+                sync()
+        return time.perf_counter() - t
+    return timer
 
 
 def inference_probe(model: nn.Module, inputs: torch.Tensor, device: str) -> Callable[[Precision], list]:

@@ -1,5 +1,6 @@
 """Precision chosen by a check, not by a flag: agreement bounds, fallback from an injected bad gradient, the
-1x1-map rule, the cache, bf16 training on any CPU, and runs that diverge stop with one error line."""
+1x1-map rule, strided convolutions over padding-only taps in fp32, the timing and the cache, bf16 training
+on any CPU, and runs that diverge stop with one error line."""
 
 from __future__ import annotations
 
@@ -14,9 +15,18 @@ import torch
 from torch import nn
 
 import semipairs.precision as precision
+from semipairs.backbones import BackboneSpec, build_backbone
 from semipairs.checkpoint import load_checkpoint
 from semipairs.errors import DivergedError
-from semipairs.precision import Precision, agreement, candidates, select_precision, training_probe
+from semipairs.precision import (
+    FullPrecisionConv2d,
+    Precision,
+    agreement,
+    candidates,
+    padding_only_taps,
+    select_precision,
+    training_probe,
+)
 from training.trainer import TrainConfig, train
 
 
@@ -92,6 +102,90 @@ def test_channels_last_is_never_used_where_a_convolution_sees_a_1x1_map() -> Non
     model, x = _net(None, spatial=1)
     chosen = _select(model, x)
     assert chosen.label == "bf16" and "a convolution sees a 1x1 map" in chosen.reason
+
+
+def test_padding_only_taps_is_the_measured_geometry() -> None:
+    """The shapes measured bad on the CPU bf16 kernels (precision.padding_only_taps) and the clean ones."""
+    conv = nn.Conv2d(4, 4, 3, stride=2, padding=1)
+    assert padding_only_taps(conv, (1, 1))  # ResNet-18's layer4.0.conv1 at 16 px: bad in 11-20 of 20 trials
+    assert padding_only_taps(conv, (2, 2))  # at 32 px: clean here, taken as the same kind
+    assert not padding_only_taps(conv, (4, 4)) and not padding_only_taps(conv, (8, 8))
+    assert padding_only_taps(conv, (8, 1))  # one dimension is enough
+    assert not padding_only_taps(nn.Conv2d(4, 4, 3, stride=1, padding=1), (1, 1))  # stride 1 over padding: clean
+    assert not padding_only_taps(nn.Conv2d(4, 4, 1, stride=2), (1, 1))  # a 1x1 kernel always meets the input
+    assert padding_only_taps(nn.Conv2d(4, 4, 3, stride=3, padding=1), (2, 2))
+    assert padding_only_taps(nn.Conv2d(4, 4, 5, stride=2, padding=2), (1, 1))
+    assert not padding_only_taps(nn.Conv2d(4, 4, 3, padding="same"), (1, 1))
+    assert padding_only_taps(nn.Conv1d(4, 4, 3, stride=2, padding=1), (1,))
+
+
+def test_a_full_precision_convolution_computes_fp32_inside_bf16_autocast() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.Flatten())
+    keys = list(net.state_dict())
+    ref = nn.Sequential(nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.Flatten())
+    ref.load_state_dict(net.state_dict())
+    p = Precision("bf16", "cpu", fp32_modules=("0",))
+    p.prepare_model(net)
+    assert type(net[0]) is FullPrecisionConv2d and list(net.state_dict()) == keys
+    x = torch.randn(4, 8, 1, 1)
+    with p.autocast():
+        y = net(x)
+    assert y.dtype == torch.float32 and torch.allclose(y, ref(x), atol=1e-6)
+    y.square().sum().backward()
+    ref(x).square().sum().backward()
+    assert torch.allclose(net[0].weight.grad, ref[0].weight.grad, atol=1e-5)
+    off_centre = net[0].weight.grad.clone()
+    off_centre[:, :, 1, 1] = 0
+    assert not off_centre.any()  # taps that only cover padding get exactly zero, as in fp32
+
+
+def test_the_check_runs_strided_convolutions_over_padding_in_fp32() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1),
+                          nn.Conv2d(16, 8, 3, stride=2, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 4))
+    x = torch.randn(8, 3, 2, 2, generator=torch.Generator().manual_seed(1))  # 2x2 -> 1x1 -> 1x1 -> 1x1
+    chosen = _select(model, x)
+    assert chosen.label == "bf16" and chosen.fp32_modules == ("0", "3")  # the stride-1 conv stays bf16
+    assert "0 and 1 more in fp32" in chosen.reason and "a convolution sees a 1x1 map" in chosen.reason
+    assert _select(model, torch.randn(8, 3, 8, 8)).fp32_modules == ()
+
+
+def test_resnet18_at_16_px_gets_zero_gradients_on_padding_only_taps_in_checked_bf16() -> None:
+    """The kernel fault itself, on the quickstart's model: in checked bf16, five steps of ResNet-18 at 16 px give
+    layer4.0.conv1 (3x3, stride 2, on a 1x1 map) exactly zero gradient outside the centre tap, as fp32 does.
+    Without the rule this CPU fault showed in 11-20 of 20 trials on avx512_bf16 (emulated bf16 never had it)."""
+    torch.manual_seed(0)
+    model, _ = build_backbone(BackboneSpec("resnet18", image_size=16))
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    chosen = _select(model, x)
+    assert chosen.bf16 and "layer4.0.conv1" in chosen.fp32_modules
+    chosen.prepare_model(model)
+    for _ in range(5):
+        model.zero_grad()
+        with chosen.autocast():
+            loss = model(chosen.prepare_input(x)).float().square().mean()
+        loss.backward()
+        g = model.layer4[0].conv1.weight.grad.clone()
+        g[:, :, 1, 1] = 0
+        assert not g.any(), float(g.abs().max())
+        assert all(bool(torch.isfinite(q.grad).all()) for q in model.parameters())
+
+
+def test_auto_takes_the_faster_option_at_the_run_batch_by_the_timer(monkeypatch) -> None:
+    monkeypatch.setattr(precision, "_native_bf16", lambda device_type: True)
+    model, x = _net(None)
+    for fp32_s, bf16_s, expected in [(1.0, 0.5, "bf16+channels_last"), (0.5, 1.0, "fp32"), (1.0, 0.9, "fp32")]:
+        timed = []
+
+        def timer(p, fp32_s=fp32_s, bf16_s=bf16_s, timed=timed):
+            timed.append(p.label)
+            return fp32_s if p.name == "fp32" else bf16_s
+        chosen = _select(model, x, requested="auto", timer=timer)
+        assert chosen.label == expected and timed == ["fp32", "bf16+channels_last", "bf16"]
+        if expected == "fp32":  # 0.9 s is not 1.15x faster than 1.0 s: a tie keeps the reference
+            assert "bf16 is not faster here (fp32 " in chosen.reason
 
 
 def test_auto_times_the_options_only_where_bf16_is_native_and_caches_the_choice(monkeypatch, tmp_path: Path) -> None:

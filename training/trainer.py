@@ -40,7 +40,7 @@ from semipairs.decoded import DecodedImages, decode_source
 from semipairs.dist import broadcast_object, distributed
 from semipairs.errors import DivergedError, SemipairsError
 from semipairs.lock import exclusive
-from semipairs.precision import Precision, all_finite, precision_note, select_precision, training_probe
+from semipairs.precision import Precision, all_finite, precision_note, select_precision, training_probe, training_timer
 from semipairs.sources import open_source
 from semipairs.sources.base import ImageSource
 from training.augment import RECIPES
@@ -232,13 +232,19 @@ def setup(cfg: TrainConfig, rank: int, world: int, progress: bool = False) -> Ru
 
 
 def choose_training_precision(cfg: TrainConfig, model: nn.Module, device: str) -> Precision:
-    """``select_precision`` on one step of this very model (8 images of each view at the run's size)."""
+    """``select_precision`` on one step of this very model: agreement on 8 images of each view at the run's
+    size, speed (for ``auto``) on a step of the run's batch."""
     gen = torch.Generator().manual_seed(0)
     views = [torch.randn(8, 3, cfg.image_size, cfg.image_size, generator=gen) for _ in range(2)]
-    probe = training_probe(model, views, device, lambda m, xs: m(xs[0], xs[1])[0])
+    batch = [torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, generator=gen) for _ in range(2)]
+
+    def step(m: nn.Module, xs: list[torch.Tensor]) -> torch.Tensor:
+        return m(xs[0], xs[1])[0]
     names = ["loss"] + [n for n, q in model.named_parameters() if q.requires_grad]
-    key = f"train:{cfg.method}:{cfg.backbone}:cifar_stem={cfg.cifar_stem}:reco={cfg.reco}:{cfg.image_size}px"
-    return select_precision(cfg.precision, device, probe, key=key, model=model, names=names)
+    key = (f"train:{cfg.method}:{cfg.backbone}:cifar_stem={cfg.cifar_stem}:reco={cfg.reco}:{cfg.image_size}px"
+           f":batch={cfg.batch_size}")
+    return select_precision(cfg.precision, device, training_probe(model, views, device, step), key=key, model=model,
+                            names=names, timer=training_timer(model, batch, device, step))
 
 
 def resume(run: Run) -> None:
