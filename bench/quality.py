@@ -72,6 +72,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.06, help="base LR for batch 256 (train --lr), scaled linearly")
     ap.add_argument("--cifar-stem", action="store_true")
     ap.add_argument("--temperature", type=float, default=0.2, help="contrastive temperature (train's temperature)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="train --precision (auto: bf16 only where the CPU has it natively and the check agrees)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--quantile", type=lambda v: None if v == "none" else float(v), default=0.3,
@@ -140,7 +142,7 @@ def main() -> None:
                           cifar_stem=args.cifar_stem,
                           num_workers=args.workers, seed=seed, pair_mode=args.pair_mode, swap_prob=args.swap_prob,
                           pair_weight=args.pair_weight, pair_warmup=args.pair_warmup, lr=args.lr,
-                          temperature=args.temperature)
+                          temperature=args.temperature, precision=args.precision)
         t = time.perf_counter()
         m = train(cfg, progress=True)
         seconds = time.perf_counter() - t
@@ -150,14 +152,15 @@ def main() -> None:
         steps = sum(len(e["step_losses"]) for e in m["epochs"])
         return {"knn_top1": round(res.knn_top1, 2), "steps": steps, "epochs": len(m["epochs"]),
                 "pair_samples": sum(e["pair_samples"] for e in m["epochs"]), "final_loss": round(m["epochs"][-1]["loss"], 4),
-                "train_seconds": round(seconds), "checkpoint": str(out / "checkpoint.pt")}
+                "train_seconds": round(seconds), "train_precision": m.get("precision"),
+                "checkpoint": str(out / "checkpoint.pt")}
 
     seeds = [int(s) for s in args.seeds.split(",")]
     setting = {"train_images": args.train_images, "test_images": args.test_images, "backbone": "resnet18",
                "cifar_stem": args.cifar_stem, "image_size": 32, "batch_size": args.batch_size, "steps": args.steps, "lr": args.lr,
                "method": args.method, "pair_mode": args.pair_mode, "swap_prob": args.swap_prob, "pair_weight": args.pair_weight,
                "pair_warmup": args.pair_warmup, "pair_ratio": args.pair_ratio, "knn": {"k": 200, "temperature": 0.07},
-               "temperature": args.temperature}
+               "temperature": args.temperature, "precision": args.precision}
     setting["random_init_knn"] = (args.random_init_knn if args.random_init_knn is not None
                                   else random_init_knn(train_src, test_src, args))
     if args.curve or args.baseline_only:
@@ -266,12 +269,13 @@ def run_curve(args, seeds, run, train_src: str, work: Path, setting: dict) -> No
 
 
 SAME_BUDGET = ("train_images", "test_images", "backbone", "cifar_stem", "image_size", "batch_size", "steps", "lr", "temperature",
-               "method", "knn", "random_init_knn")
+               "method", "knn", "random_init_knn", "precision")
 
 
 def setting_of(result: dict) -> dict:
-    """A result's setting; results written before --lr / --temperature existed ran at base LR 0.06, T 0.2."""
-    return {"lr": 0.06, "temperature": 0.2, **result["setting"]}
+    """A result's setting; results written before --lr / --temperature / --precision existed ran at base LR 0.06,
+    T 0.2, precision auto."""
+    return {"lr": 0.06, "temperature": 0.2, "precision": "auto", **result["setting"]}
 
 
 def earlier_baseline(path: str, setting: dict, seed: int) -> dict:
