@@ -145,7 +145,7 @@ def roofline(args, label: str) -> float:
     from semipairs.precision import Precision, watch_convolutions
     from training.trainer import TrainConfig, build_model
 
-    model, _ = build_model(TrainConfig(data="digits", out=Path("unused"), queue_size=args.queue_size,
+    model, _ = build_model(TrainConfig(method="moco", data="digits", out=Path("unused"), queue_size=args.queue_size,
                                        cifar_stem=args.cifar_stem))
     with watch_convolutions(model) as seen, torch.no_grad():  # the trainer's rule: these run in fp32 under bf16
         model(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32))

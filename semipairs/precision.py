@@ -382,22 +382,25 @@ def training_probe(model: nn.Module, inputs: Sequence[torch.Tensor], device: str
 
 def training_timer(model: nn.Module, inputs: Sequence[torch.Tensor], device: str,
                    step: Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]) -> Callable[[Precision], float]:
-    """A ``timer`` for ``select_precision``: seconds of one warm forward/backward of a copy of ``model`` on
-    ``inputs`` (the run's batch: at batch 8 the ranking can invert, e.g. 16 px ResNet-18 on avx512_bf16)."""
+    """A ``timer`` for ``select_precision``: the faster of two warm forward/backward steps of a copy of ``model``
+    on ``inputs``, the run's batch (at batch 8 the ranking can invert, e.g. 16 px ResNet-18 on avx512_bf16).
+    The minimum, because timing noise on a shared machine only ever adds; one step flipped near-ties."""
 
     def timer(p: Precision) -> float:
         m = p.prepare_model(copy.deepcopy(model).to(device))
         xs = [p.prepare_input(x.to(device)) for x in inputs]
         sync = torch.cuda.synchronize if p.device_type == "cuda" else (lambda: None)
+        times = []
         with torch.random.fork_rng(devices=[]):
-            for _ in range(2):  # the first pays for kernel creation
+            for _ in range(3):  # the first pays for kernel creation
                 sync()
                 t = time.perf_counter()
                 with p.autocast():
                     loss = step(m, xs)
                 loss.float().backward()
                 sync()
-        return time.perf_counter() - t
+                times.append(time.perf_counter() - t)
+        return min(times[1:])
     return timer
 
 
