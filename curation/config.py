@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from semipairs.config import load_config
+from semipairs.config import PRECISION_HELP, load_config
 from semipairs.errors import InvalidValueError
 from semipairs.manifest import DatasetName, SemVer
 
@@ -64,9 +64,7 @@ class CurateConfig(BaseModel):
     dtype: Literal["float32", "float16"] = Field("float32", description="Cache dtype: float32 or float16.")
     cache_dir: Path | None = Field(None, description="embedding cache; default STORE/.cache/embeddings")
     device: str | None = None
-    precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto (bf16 autocast + channels_last where the CPU has avx512_bf16/AMX or on CUDA and the "
-        "check against fp32 agrees, else fp32), fp32 or bf16.")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description=PRECISION_HELP)
     decode_budget_gb: float | None = Field(None, ge=0, description="pixels / ckpt encoders read a decoded uint8 cache "
                                            "when the source fits (default a quarter of RAM; 0: always stream)")
     metric: Literal["cosine", "l2"] = Field("cosine", description="cosine or l2.")

@@ -9,12 +9,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from semipairs.config import PRECISION_HELP
 from semipairs.errors import InvalidValueError
 
 Precision = Literal["auto", "fp32", "bf16"]
-PRECISION_HELP = ("auto (where the CPU has avx512_bf16/AMX or on CUDA: the faster of fp32 and bf16 autocast, with or "
-                  "without channels_last, each checked against fp32 on one step; fp32 elsewhere), fp32, or bf16 (the "
-                  "same check; fp32 with a note when no bf16 option agrees).")
 SOURCES = "imagefolder:DIR, webdataset:PATTERN, cifar10:ROOT, digits, hf:OWNER/NAME[:SPLIT]"
 
 
