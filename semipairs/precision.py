@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -71,26 +72,19 @@ def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     return any(f in cpu_flags(cpuinfo) for f in _BF16_FLAGS)
 
 
-def _fp32_forward(self: nn.modules.conv._ConvNd, x: torch.Tensor) -> torch.Tensor:
-    with full_precision(x.device.type):
-        return self._conv_forward(x.float(), self.weight, self.bias)
+@functools.cache
+def full_precision_class(cls: type[nn.Module]) -> type[nn.Module]:
+    """A subclass of ``cls`` whose forward runs ``cls``'s own forward in fp32 inside bf16 autocast (input cast to
+    fp32, autocast off): what ``Precision.fp32_modules`` are switched to. Same parameters and state_dict keys;
+    any convolution class works (timm's padded or weight-standardised ones included)."""
+    if getattr(cls, "full_precision", False):
+        return cls
 
-
-class FullPrecisionConv1d(nn.Conv1d):
-    """A convolution that computes in fp32 inside bf16 autocast (``Precision.fp32_modules``); same parameters."""
-
-    forward = _fp32_forward
-
-
-class FullPrecisionConv2d(nn.Conv2d):
-    forward = _fp32_forward
-
-
-class FullPrecisionConv3d(nn.Conv3d):
-    forward = _fp32_forward
-
-
-_FULL_PRECISION = {nn.Conv1d: FullPrecisionConv1d, nn.Conv2d: FullPrecisionConv2d, nn.Conv3d: FullPrecisionConv3d}
+    def forward(self, x: torch.Tensor, *args, **kwargs):
+        with full_precision(x.device.type):
+            return cls.forward(self, x.float(), *args, **kwargs)
+    return type(f"FullPrecision{cls.__name__}", (cls,), {"forward": forward, "full_precision": True,
+                                                         "__module__": __name__, "__doc__": full_precision_class.__doc__})
 
 
 @dataclass(frozen=True)
@@ -124,8 +118,8 @@ class Precision:
         if self.bf16:
             modules = dict(model.named_modules())
             for name in self.fp32_modules:
-                if name in modules and type(modules[name]) in _FULL_PRECISION:
-                    modules[name].__class__ = _FULL_PRECISION[type(modules[name])]
+                if name in modules:
+                    modules[name].__class__ = full_precision_class(type(modules[name]))
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -207,7 +201,8 @@ def padding_only_taps(conv: nn.modules.conv._ConvNd, spatial: Sequence[int]) -> 
     covers padding) for an input of size ``spatial``. Measured on the CPU bf16 kernels (torch 2.14.1, AMD EPYC
     avx512_bf16, 12 trials per shape over maps 1-8, kernels 3 and 5, strides 1-3, paddings 0-2): every bad
     weight gradient had such a tap and a stride > 1 (k3 s2 on a 1x1 map, k3 s3 on 2x2, k5 s2 on 1x1 ...);
-    none of the 62 shapes without one was bad; stride 1 with only-padding taps (k3 s1 on 1x1) was clean.
+    none of the 62 shapes without one was bad; stride 1 with only-padding taps (k3 s1 on 1x1) was clean
+    (``bench/bf16_conv.py`` reruns the sweep and checks that this rule covers every bad shape).
     The rule also takes k3 s2 on a 2x2 map (ResNet-18's layer4.0.conv1 at 32 px), clean here but of the same
     kind: one convolution in fp32 costs little."""
     if isinstance(conv.padding, str):  # 'same' is stride 1 only; 'valid' pads nothing

@@ -19,10 +19,10 @@ from semipairs.backbones import BackboneSpec, build_backbone
 from semipairs.checkpoint import load_checkpoint
 from semipairs.errors import DivergedError
 from semipairs.precision import (
-    FullPrecisionConv2d,
     Precision,
     agreement,
     candidates,
+    full_precision_class,
     padding_only_taps,
     select_precision,
     training_probe,
@@ -127,7 +127,8 @@ def test_a_full_precision_convolution_computes_fp32_inside_bf16_autocast() -> No
     ref.load_state_dict(net.state_dict())
     p = Precision("bf16", "cpu", fp32_modules=("0",))
     p.prepare_model(net)
-    assert type(net[0]) is FullPrecisionConv2d and list(net.state_dict()) == keys
+    assert type(net[0]) is full_precision_class(nn.Conv2d) and isinstance(net[0], nn.Conv2d)
+    assert list(net.state_dict()) == keys and full_precision_class(type(net[0])) is type(net[0])  # once
     x = torch.randn(4, 8, 1, 1)
     with p.autocast():
         y = net(x)
@@ -138,6 +139,27 @@ def test_a_full_precision_convolution_computes_fp32_inside_bf16_autocast() -> No
     off_centre = net[0].weight.grad.clone()
     off_centre[:, :, 1, 1] = 0
     assert not off_centre.any()  # taps that only cover padding get exactly zero, as in fp32
+
+
+class _StdConv(nn.Conv2d):
+    """A convolution class with its own forward (weight standardisation, as timm's StdConv2d)."""
+
+    def forward(self, x):
+        w = self.weight - self.weight.mean((1, 2, 3), keepdim=True)
+        return torch.nn.functional.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+def test_any_convolution_class_keeps_its_own_forward_in_fp32() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(_StdConv(8, 16, 3, stride=2, padding=1))
+    x = torch.randn(4, 8, 1, 1)
+    ref = net(x)
+    p = Precision("bf16", "cpu", fp32_modules=("0",))
+    p.prepare_model(net)
+    assert isinstance(net[0], _StdConv) and type(net[0]).__name__ == "FullPrecision_StdConv"
+    with p.autocast():
+        y = net(x)
+    assert y.dtype == torch.float32 and torch.allclose(y, ref, atol=1e-6)  # standardised, and in fp32
 
 
 def test_the_check_runs_strided_convolutions_over_padding_in_fp32() -> None:
