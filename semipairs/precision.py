@@ -375,15 +375,16 @@ def training_probe(model: nn.Module, inputs: Sequence[torch.Tensor], device: str
     return probe
 
 
-def training_timer(model: nn.Module, inputs: Sequence[torch.Tensor], device: str,
+def training_timer(model: nn.Module, make_inputs: Callable[[], Sequence[torch.Tensor]], device: str,
                    step: Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor]) -> Callable[[Precision], float]:
     """A ``timer`` for ``select_precision``: the faster of two warm forward/backward steps of a copy of ``model``
-    on ``inputs``, the run's batch (at batch 8 the ranking can invert, e.g. 16 px ResNet-18 on avx512_bf16).
-    The minimum, because timing noise on a shared machine only ever adds; one step flipped near-ties."""
+    on ``make_inputs()``, the run's batch (at batch 8 the ranking can invert, e.g. 16 px ResNet-18 on
+    avx512_bf16), made only when a timing runs. The minimum, because timing noise on a shared machine only
+    ever adds; one step flipped near-ties."""
 
     def timer(p: Precision) -> float:
         m = p.prepare_model(copy.deepcopy(model).to(device))
-        xs = [p.prepare_input(x.to(device)) for x in inputs]
+        xs = [p.prepare_input(x.to(device)) for x in make_inputs()]
         sync = torch.cuda.synchronize if p.device_type == "cuda" else (lambda: None)
         times = []
         with torch.random.fork_rng(devices=[]):

@@ -236,7 +236,10 @@ def choose_training_precision(cfg: TrainConfig, model: nn.Module, device: str) -
     size, speed (for ``auto``) on a step of the run's batch."""
     gen = torch.Generator().manual_seed(0)
     views = [torch.randn(8, 3, cfg.image_size, cfg.image_size, generator=gen) for _ in range(2)]
-    batch = [torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, generator=gen) for _ in range(2)]
+
+    def batch() -> list[torch.Tensor]:  # only when auto times the options
+        g = torch.Generator().manual_seed(1)
+        return [torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size, generator=g) for _ in range(2)]
 
     def step(m: nn.Module, xs: list[torch.Tensor]) -> torch.Tensor:
         return m(xs[0], xs[1])[0]
