@@ -142,15 +142,14 @@ def trainer_rate(folder: Path, args, run: Path, **overrides) -> tuple[float, flo
 def roofline(args, label: str) -> float:
     """MoCo-v2 steps (query forward+backward, key forward, SGD, enqueue) on tensors already in memory, in the
     precision ``label`` names (fp32, bf16, bf16+channels_last)."""
-    from semipairs.precision import Precision, watch_convolutions
+    from semipairs.precision import Precision, padding_tap_modules
     from training.trainer import TrainConfig, build_model
 
     model, _ = build_model(TrainConfig(method="moco", data="digits", out=Path("unused"), queue_size=args.queue_size,
                                        cifar_stem=args.cifar_stem))
-    with watch_convolutions(model) as seen, torch.no_grad():  # the trainer's rule: these run in fp32 under bf16
-        model(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32))
+    fp32_modules = padding_tap_modules(model, lambda: model(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)))
     prec = Precision(label.split("+")[0], "cpu", channels_last=label.endswith("+channels_last"),
-                     fp32_modules=tuple(seen.padding_taps))
+                     fp32_modules=fp32_modules)  # the trainer's rule: these run in fp32 under bf16
     model = prec.prepare_model(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     x1, x2 = (prec.prepare_input(torch.randn(args.batch_size, 3, 32, 32)) for _ in range(2))

@@ -251,6 +251,19 @@ def watch_convolutions(model: nn.Module):
             h.remove()
 
 
+def padding_tap_modules(model: nn.Module, forward: Callable[[], object]) -> tuple[str, ...]:
+    """The convolutions of ``model`` that the padding-only-tap rule takes in one no-grad ``forward()`` at the run's
+    size: the ``fp32_modules`` ``select_precision`` sets on CPU, for code that builds a ``Precision`` by hand."""
+    with watch_convolutions(model) as seen, torch.no_grad():
+        forward()
+    return tuple(seen.padding_taps)
+
+
+def _synchronizer(device_type: str) -> Callable[[], None]:
+    """What makes a timing honest on ``device_type``: GPU kernels run asynchronously, CPU ones do not."""
+    return torch.cuda.synchronize if device_type == "cuda" else (lambda: None)
+
+
 def _cache_file() -> Path:
     from semipairs.decoded import cache_root
 
@@ -306,7 +319,7 @@ def select_precision(requested: str, device: str, probe: Callable[[Precision], S
     timing = requested == "auto"  # an explicit bf16 takes the first that agrees: nothing to time
 
     def seconds(p: Precision) -> float:
-        sync = torch.cuda.synchronize if p.device_type == "cuda" else (lambda: None)  # GPU kernels run async
+        sync = _synchronizer(p.device_type)
         sync()
         t = time.perf_counter()
         probe(p)  # the first call paid for kernel creation; this one is warm
@@ -385,7 +398,7 @@ def training_timer(model: nn.Module, make_inputs: Callable[[], Sequence[torch.Te
     def timer(p: Precision) -> float:
         m = p.prepare_model(copy.deepcopy(model).to(device))
         xs = [p.prepare_input(x.to(device)) for x in make_inputs()]
-        sync = torch.cuda.synchronize if p.device_type == "cuda" else (lambda: None)
+        sync = _synchronizer(p.device_type)
         times = []
         with torch.random.fork_rng(devices=[]):
             for _ in range(3):  # the first pays for kernel creation

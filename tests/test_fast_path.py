@@ -18,7 +18,7 @@ from torchvision.transforms.v2 import functional as TF
 from semipairs.dataset import load as semipairs_load
 from semipairs.decoded import decode_source
 from semipairs.pack import pack
-from semipairs.precision import Precision, candidates, cpu_has_native_bf16, resolve_precision, watch_convolutions
+from semipairs.precision import Precision, candidates, cpu_has_native_bf16, padding_tap_modules, resolve_precision
 from semipairs.sources import open_source
 from tests.conftest import ring_pairs
 from training.augment import moco_v2
@@ -145,10 +145,8 @@ def test_bf16_steps_track_fp32_steps_and_losses_stay_fp32() -> None:
         torch.manual_seed(0)
         model, _ = build_model(TrainConfig(method="moco", data="digits", out=Path("unused"), queue_size=64,
                                             image_size=16))
-        with watch_convolutions(model) as seen, torch.no_grad():  # the rule select_precision applies
-            model(x1, x2)
         # contiguous: at 16 px a convolution sees a 1x1 map; layer4.0.conv1 in fp32 (tests/test_precision.py)
-        prec = Precision(name, "cpu", fp32_modules=tuple(seen.padding_taps))
+        prec = Precision(name, "cpu", fp32_modules=padding_tap_modules(model, lambda m=model: m(x1, x2)))
         model = prec.prepare_model(model)
         opt = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9)
         losses[name] = []
