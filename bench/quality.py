@@ -100,7 +100,7 @@ def main() -> None:
                     "(settings such as --lr or --steps compared on their own)")
     ap.add_argument("--coverage", type=float, default=1.0, help="curve: share of training images that anchor pairs")
     ap.add_argument("--per-anchor", type=int, default=10, help="curve: positives per anchor")
-    ap.add_argument("--method", default="simclr", help="moco, simclr or simsiam (train --method)")
+    ap.add_argument("--method", default="simclr", help="simclr, moco, msf, wcl or simsiam (train --method)")
     ap.add_argument("--pair-mode", default="inbatch", help="extra, swap, multi or inbatch (train --pair-mode)")
     ap.add_argument("--swap-prob", type=float, default=0.5)
     ap.add_argument("--pair-weight", type=float, default=1.0)

@@ -1,4 +1,4 @@
-"""How pairs reach the loss: in-batch partners (simclr, moco), queued partners (multi); on real images."""
+"""How pairs reach the loss: in-batch partners (simclr, moco, msf, wcl), queued partners (multi); on real images."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from semipairs.checkpoint import load_checkpoint
 from semipairs.errors import SemipairsError
 from semipairs.pack import pack
 from semipairs.sources import open_source
@@ -71,7 +72,13 @@ def test_simclr_and_moco_take_partners_in_the_batch_as_positives(cifar_folder: P
     multi = train(_cfg(cifar_folder, tmp_path / "moco-multi", method="moco", pairs=str(ring_ds), pair_mode="multi",
                        max_steps=12), progress=False)["epochs"][0]
     assert "queued_partners" in multi["parts"] and all(np.isfinite(multi["step_losses"]))
-    with pytest.raises(SemipairsError, match="inbatch needs --method moco or simclr"):
+    msf = train(_cfg(cifar_folder, tmp_path / "msf-pairs", method="msf", pairs=str(ring_ds)), progress=False)["epochs"][0]
+    assert set(msf["parts"]) == {"mean_shift", "batch_partners", "queued_partners"}  # inbatch: msf's default
+    assert msf["parts"]["batch_partners"] >= 1.0 and msf["pair_samples"] == 6 * 16 and all(np.isfinite(msf["step_losses"]))
+    assert load_checkpoint(tmp_path / "msf-pairs" / "checkpoint.pt")["teacher"] is not None  # its momentum encoder
+    wcl = train(_cfg(cifar_folder, tmp_path / "wcl-pairs", method="wcl", pairs=str(ring_ds)), progress=False)["epochs"][0]
+    assert wcl["parts"]["batch_partners"] >= 1.0 and wcl["parts"]["component_size"] >= 2.0 and wcl["pair_samples"] == 6 * 16
+    with pytest.raises(SemipairsError, match="inbatch needs --method moco, simclr, msf or wcl"):
         train(_cfg(cifar_folder, tmp_path / "simsiam", method="simsiam", pairs=str(ring_ds), pair_mode="inbatch"),
               progress=False)
 
@@ -87,3 +94,68 @@ def test_a_batch_larger_than_the_queue_fills_it_with_its_newest_keys() -> None:
     keys = torch.nn.functional.normalize(torch.randn(6, 128), dim=1)
     moco.enqueue(keys, torch.arange(6))
     assert torch.equal(moco.queue, keys[2:]) and moco.queue_rows.tolist() == [2, 3, 4, 5] and int(moco.queue_ptr) == 0
+
+
+def test_components_close_a_batch_of_links_transitively() -> None:
+    import torch
+
+    from training.pair_graph import components
+
+    linked = torch.zeros(5, 5, dtype=torch.bool)
+    for a, b in [(0, 1), (1, 2), (2, 3)]:  # a chain 0-1-2-3; 4 alone
+        linked[a, b] = linked[b, a] = True
+    same = components(linked)
+    assert same[:4, :4].all() and same[4].tolist() == [False] * 4 + [True] and torch.equal(same, same.T)
+
+
+def _tiny_backbone():
+    from semipairs.backbones import BackboneSpec, build_backbone
+
+    return build_backbone(BackboneSpec("resnet18", image_size=16))
+
+
+def test_msf_regresses_to_the_mean_of_its_own_key_and_its_partners_keys() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from training.msf import MSF
+
+    torch.manual_seed(0)
+    backbone, dim = _tiny_backbone()
+    msf = MSF(backbone, dim, queue_size=8, momentum=1.0)  # momentum 1: the key encoder stays as it is
+    msf.set_partners(torch.tensor([0, 1]), torch.tensor([1, 9]), num_rows=12)  # 0-1 and 1-9
+    msf.enqueue(F.normalize(torch.randn(8, 128), dim=1), torch.tensor([9, 9, 5, 5, 5, 5, 5, 5]))
+    rows = torch.tensor([0, 1, 2, 3])
+    vq, vk = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)
+    loss, parts, keys = msf(vq, vk, rows=rows)
+    with torch.no_grad():  # train-mode BN on the same batch gives the same outputs
+        p = F.normalize(msf.predictor(msf.projector(msf.backbone(vq).flatten(1))), dim=1)
+        k = msf.encode_key(vk)
+    targets = [[k[0], k[1]], [k[1], k[0], msf.queue[0], msf.queue[1]], [k[2]], [k[3]]]  # 1's partner 9 is queued twice
+    want = torch.stack([2 - 2 * (p[i] * torch.stack(t)).sum(1).mean() for i, t in enumerate(targets)]).mean()
+    assert torch.allclose(loss, want, atol=1e-5) and torch.allclose(keys, k)
+    assert parts["batch_partners"] == 0.5 and parts["queued_partners"] == 0.5
+
+
+def test_wcl_keeps_the_instance_head_plain_and_labels_the_graph_head_by_components() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from training.losses import supcon
+    from training.simclr import view_masks
+    from training.wcl import WCL
+
+    torch.manual_seed(0)
+    backbone, dim = _tiny_backbone()
+    wcl = WCL(backbone, dim)
+    wcl.set_partners(torch.tensor([0, 1]), torch.tensor([1, 2]), num_rows=4)  # 0-1-2 one component, 3 alone
+    v1, v2 = torch.randn(4, 3, 16, 16), torch.randn(4, 3, 16, 16)
+    loss, parts, _ = wcl(v1, v2, rows=torch.tensor([0, 1, 2, 3]))
+    assert parts["component_size"] == (3 + 3 + 3 + 1) / 4 and parts["batch_partners"] == (1 + 2 + 1 + 0) / 4
+    with torch.no_grad():
+        z = F.normalize(wcl.projector(wcl.backbone(torch.cat([v1, v2])).flatten(1)), dim=1)
+    twin, valid = view_masks(None, wcl.graph, 4, z.device)
+    assert abs(parts["nt_xent"] - float(supcon(z, z, twin, valid, wcl.temperature))) < 1e-5  # pairs never reach it
+    assert abs(float(loss.detach()) - parts["nt_xent"] - parts["graph_supcon"]) < 1e-5
+    _, plain, _ = wcl(v1, v2)  # no pairs: WCL's own 1-NN links, so every image has a component of >= 2
+    assert plain["component_size"] >= 2.0 and "batch_partners" not in plain

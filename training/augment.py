@@ -30,4 +30,5 @@ def simsiam(size: int = 224) -> v2.Compose:
     return moco_v2(size)
 
 
-RECIPES = {"moco": moco_v2, "simsiam": simsiam, "simclr": moco_v2}  # SimCLR: the batched path uses the same views
+# SimCLR, MSF and WCL: the batched path uses MoCo-v2's views too
+RECIPES = {"moco": moco_v2, "simsiam": simsiam, "simclr": moco_v2, "msf": moco_v2, "wcl": moco_v2}

@@ -13,6 +13,7 @@ from semipairs.config import PRECISION_HELP
 from semipairs.errors import InvalidValueError
 
 Precision = Literal["auto", "fp32", "bf16"]
+IN_BATCH_METHODS = ("simclr", "msf", "wcl")  # methods whose pairs are positives in the batch by default
 SOURCES = "imagefolder:DIR, webdataset:PATTERN, cifar10:ROOT, digits, hf:OWNER/NAME[:SPLIT]"
 
 
@@ -20,9 +21,10 @@ class TrainConfig(BaseModel):
     """One training run; YAML keys and ``train`` flags share these names (flags win)."""
 
     model_config = ConfigDict(extra="forbid")
-    method: Literal["moco", "simsiam", "simclr"] = Field(
+    method: Literal["moco", "simsiam", "simclr", "msf", "wcl"] = Field(
         "simclr", description="simclr (in-batch NT-Xent; with pairs, partners in the batch are positives: the measured "
-        "best at CPU budgets, docs/benchmarks.md), moco (MoCo-v2) or simsiam.")
+        "best at CPU budgets, docs/benchmarks.md), moco (MoCo-v2), simsiam, msf (mean shift to the partners' momentum "
+        "keys, no negatives) or wcl (SimCLR + a second head whose labels are the batch's pair-graph components).")
     data: str = Field(description=f"Training images: {SOURCES}.")
     out: Path = Field(description="Run directory: checkpoint.pt, metrics.json, config.yaml.")
     pairs: str | None = Field(None, description="Pair dataset (path or hf://OWNER/NAME[@REV]) whose semantic pairs "
@@ -57,8 +59,8 @@ class TrainConfig(BaseModel):
     pair_mode: Literal["extra", "swap", "multi", "inbatch"] | None = Field(
         None, description="How pairs join: extra (SePP-ID extra samples; the default for moco and simsiam), swap (a "
         "partner's view replaces an image's key view with --swap-prob), multi (MoCo: queued partner keys are "
-        "positives) or inbatch (half of each batch are partners of the other half, and positives in the loss; simclr "
-        "(its default) or moco). swap, multi and inbatch need the decoded path.")
+        "positives) or inbatch (half of each batch are partners of the other half, and positives in the loss; the "
+        "default of simclr, msf and wcl; moco too). swap, multi and inbatch need the decoded path.")
     swap_prob: float = Field(0.5, ge=0, le=1, description="swap mode: chance an image with partners takes one as its key.")
     pair_weight: float = Field(1.0, ge=0, description="Loss weight of pair samples relative to same-image samples.")
     pair_warmup: float = Field(0.0, ge=0, lt=1, description="Share of the step budget before pairs join (decoded path).")
@@ -69,7 +71,7 @@ class TrainConfig(BaseModel):
     @model_validator(mode="after")
     def _default_pair_mode(self) -> TrainConfig:
         if self.pair_mode is None:
-            self.pair_mode = "inbatch" if self.method == "simclr" else "extra"
+            self.pair_mode = "inbatch" if self.method in IN_BATCH_METHODS else "extra"
         return self
 
 

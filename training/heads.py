@@ -6,11 +6,13 @@ from torch import nn
 
 
 class ProjectionHead(nn.Module):
-    """MoCo-v2's 2-layer MLP (hidden -> ReLU -> out)."""
+    """MoCo-v2's 2-layer MLP (hidden -> ReLU -> out); ``norm``: BN after the hidden layer, as BYOL and MSF have it
+    (methods without negatives lean on it against collapse)."""
 
-    def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 128) -> None:
+    def __init__(self, in_dim: int, hidden_dim: int = 2048, out_dim: int = 128, norm: bool = False) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+        bn = [nn.BatchNorm1d(hidden_dim)] if norm else []
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden_dim), *bn, nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
 
     def forward(self, x):
         return self.net(x)

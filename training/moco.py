@@ -31,10 +31,10 @@ from training.pair_graph import PairGraph
 class MoCo(nn.Module):
     def __init__(self, backbone: nn.Module, feat_dim: int, dim: int = 128, hidden_dim: int = 2048, queue_size: int = 4096,
                  momentum: float = 0.99, temperature: float = 0.2, reco_global_weight: float = 0.0,
-                 reco_local_weight: float = 0.0) -> None:
+                 reco_local_weight: float = 0.0, head_norm: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
-        self.projector = ProjectionHead(feat_dim, hidden_dim, dim)
+        self.projector = ProjectionHead(feat_dim, hidden_dim, dim, norm=head_norm)
         self.backbone_k = copy.deepcopy(backbone).requires_grad_(False)
         self.projector_k = copy.deepcopy(self.projector).requires_grad_(False)
         self.momentum, self.temperature = momentum, temperature

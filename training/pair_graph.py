@@ -2,7 +2,8 @@
 
 Pairs are undirected (a pair says both images show the same kind of thing). Edges are kept as sorted
 codes ``a * n + b`` so a (B, K) mask of any rows against any rows is one ``searchsorted``, never an
-N x N matrix. Rows of -1 (a queued key whose image is unknown) match nothing.
+N x N matrix. Rows of -1 (a queued key whose image is unknown) match nothing. ``components`` closes a
+batch's links transitively (WCL's weak labels).
 """
 
 from __future__ import annotations
@@ -36,3 +37,14 @@ class PairGraph(nn.Module):
         """(B, B) bool over a batch's images: the same image (also one drawn twice) or known partners."""
         rows = rows.to(self.codes.device).long()
         return (rows[:, None] == rows[None, :]) | self.mask(rows, rows)
+
+
+def components(linked: torch.Tensor) -> torch.Tensor:
+    """(B, B) bool, True where two of a batch's images are in one connected component of ``linked`` (a
+    symmetric (B, B) bool of direct links): the reach matrix squared until it stops growing (log B products)."""
+    reach = linked | torch.eye(len(linked), dtype=torch.bool, device=linked.device)
+    while True:
+        grown = (reach.float() @ reach.float()) > 0
+        if torch.equal(grown, reach):
+            return reach
+        reach = grown

@@ -45,13 +45,15 @@ from semipairs.sources import open_source
 from semipairs.sources.base import ImageSource
 from training.augment import RECIPES
 from training.batch_augment import BatchRecipe
-from training.configs import TrainConfig
+from training.configs import IN_BATCH_METHODS, TrainConfig
 from training.decoded_batches import PAIR, PairRows, plan_epoch, resolve_pairs, samples_per_epoch
 from training.evaluate import evaluate_backbone
 from training.moco import MoCo
+from training.msf import MSF
 from training.simclr import SimCLR
 from training.simsiam import SimSiam
 from training.streamed import SePPViews, check_pair_keys
+from training.wcl import WCL
 
 
 def _seed_all(seed: int) -> None:
@@ -69,6 +71,10 @@ def build_model(cfg: TrainConfig) -> tuple[nn.Module, BackboneSpec]:
                                 temperature=cfg.temperature, reco_global_weight=weights[0], reco_local_weight=weights[1])
     elif cfg.method == "simclr":
         model = SimCLR(backbone, dim, cfg.proj_dim, temperature=cfg.temperature)
+    elif cfg.method == "wcl":
+        model = WCL(backbone, dim, cfg.proj_dim, temperature=cfg.temperature)
+    elif cfg.method == "msf":
+        model = MSF(backbone, dim, cfg.proj_dim, queue_size=cfg.queue_size, momentum=cfg.moco_momentum)
     else:
         model = SimSiam(backbone, dim)
     return model, spec
@@ -205,9 +211,10 @@ def setup(cfg: TrainConfig, rank: int, world: int, progress: bool = False) -> Ru
     Path(cfg.out).mkdir(parents=True, exist_ok=True)  # only once the data proved readable
     model, spec = build_model(cfg)
     if cfg.pair_mode in ("multi", "inbatch") and pairs is not None:
-        if cfg.method not in ({"moco"} if cfg.pair_mode == "multi" else {"moco", "simclr"}):
+        if cfg.method not in ({"moco"} if cfg.pair_mode == "multi" else {"moco", *IN_BATCH_METHODS}):
             raise SemipairsError(f"--pair-mode {cfg.pair_mode} needs --method moco" + (
-                " (positives are found in its queue)" if cfg.pair_mode == "multi" else " or simclr (SimSiam has no negatives)"))
+                " (positives are found in its queue)" if cfg.pair_mode == "multi" else
+                ", simclr, msf or wcl (SimSiam has no partners in its loss)"))
         model.set_partners(torch.from_numpy(data.pairs.anchor), torch.from_numpy(data.pairs.positive), len(data.decoded),
                            mode=cfg.pair_mode)
     precision = broadcast_object(choose_training_precision(cfg, model, device))
@@ -335,7 +342,7 @@ def save(run: Run, epoch: int) -> None:
         raise _diverged(run, f"the weights are not finite at the end of epoch {epoch + 1}")
     save_checkpoint(run.out / "checkpoint.pt", backbone_checkpoint(
         model.backbone, run.spec, method=cfg.method,
-        teacher=backbone_state(model.backbone_k) if cfg.method == "moco" else None,
+        teacher=backbone_state(model.backbone_k) if hasattr(model, "backbone_k") else None,  # moco, msf
         model=model.state_dict(), optimizer=run.optimizer.state_dict(), scheduler=run.scheduler.state_dict(),
         epoch=epoch + 1, rng=rng_state(), config=cfg.model_dump(mode="json"),
         pairs_dataset=run.metrics.get("pairs_dataset"),  # the lineage a curate with this checkpoint records as parent
