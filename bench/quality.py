@@ -101,6 +101,9 @@ def main() -> None:
     ap.add_argument("--coverage", type=float, default=1.0, help="curve: share of training images that anchor pairs")
     ap.add_argument("--per-anchor", type=int, default=10, help="curve: positives per anchor")
     ap.add_argument("--method", default="simclr", help="simclr, moco, msf, wcl or simsiam (train --method)")
+    ap.add_argument("--baseline-method", default=None,
+                    help="with --baseline-from: the baseline's method when it differs from --method (pair options of "
+                    "several methods measured against the protocol's one baseline; default: --method)")
     ap.add_argument("--pair-mode", default="inbatch", help="extra, swap, multi or inbatch (train --pair-mode)")
     ap.add_argument("--swap-prob", type=float, default=0.5)
     ap.add_argument("--pair-weight", type=float, default=1.0)
@@ -111,6 +114,8 @@ def main() -> None:
                     "as one curve (--out, --plot) without training")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.baseline_method and not args.baseline_from:
+        raise SystemExit("error: --baseline-method names the method of a --baseline-from result; give --baseline-from")
     if args.merge:
         merged = merge_curves(args.merge.split(","))
         emit(merged, args.out)
@@ -160,7 +165,8 @@ def main() -> None:
                "cifar_stem": args.cifar_stem, "image_size": 32, "batch_size": args.batch_size, "steps": args.steps, "lr": args.lr,
                "method": args.method, "pair_mode": args.pair_mode, "swap_prob": args.swap_prob, "pair_weight": args.pair_weight,
                "pair_warmup": args.pair_warmup, "pair_ratio": args.pair_ratio, "knn": {"k": 200, "temperature": 0.07},
-               "temperature": args.temperature, "precision": args.precision}
+               "temperature": args.temperature, "precision": args.precision,
+               "baseline_method": args.baseline_method or args.method}
     setting["random_init_knn"] = (args.random_init_knn if args.random_init_knn is not None
                                   else random_init_knn(train_src, test_src, args))
     if args.curve or args.baseline_only:
@@ -259,7 +265,8 @@ def run_curve(args, seeds, run, train_src: str, work: Path, setting: dict) -> No
             name = f"label-{pct}-{args.per_anchor}x{args.coverage}-seed{seed}"
             shutil.rmtree(work / "curve-store" / name, ignore_errors=True)
             ds = pack(train_src, csv, work / "curve-store", name, "1.0.0", layout="reference", progress=False)
-            res = run(seed, f"curve-{args.pair_mode}-{pct}", str(ds))
+            method = "" if args.method == "simclr" else f"{args.method}-"  # simclr: the names of earlier runs
+            res = run(seed, f"curve-{method}{args.pair_mode}-{pct}", str(ds))
             result["runs"].append({"seed": seed, "precision": round(true, 4), "num_pairs": len(a), "kind": "pairs", **res,
                                    "gain_points": round(res["knn_top1"] - base["knn_top1"], 2)})
             emit_quiet(result, args.out)
@@ -282,6 +289,7 @@ def earlier_baseline(path: str, setting: dict, seed: int) -> dict:
     """The baseline row of ``seed`` from an earlier run of the same budget on the same CPU kind, or SystemExit."""
     old = json.loads(Path(path).read_text())
     old_setting = setting_of(old)
+    setting = {**setting, "method": setting.get("baseline_method", setting["method"])}  # the baseline's own method
     differ = [k for k in SAME_BUDGET if old_setting.get(k) != setting.get(k)]
     if differ:
         raise SystemExit(f"error: {path}: another budget ({', '.join(differ)} differ); train the baseline again")
