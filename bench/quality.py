@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from bench._common import emit, extract_cifar, machine  # noqa: E402
+from semipairs.config import PRECISIONS  # noqa: E402
 
 
 def subset(full: Path, dest: Path, per_class: int) -> Path:
@@ -72,7 +73,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.06, help="base LR for batch 256 (train --lr), scaled linearly")
     ap.add_argument("--cifar-stem", action="store_true")
     ap.add_argument("--temperature", type=float, default=0.2, help="contrastive temperature (train's temperature)")
-    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+    ap.add_argument("--precision", default="auto", choices=PRECISIONS,
                     help="train --precision (auto: bf16 only where the CPU has it natively and the check agrees)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--k", type=int, default=10)

@@ -42,9 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from semipairs.config import PRECISIONS
 from semipairs.errors import InvalidValueError
 
-PRECISIONS = ("auto", "fp32", "bf16")
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # bf16 must beat fp32 by this much for ``auto`` to take it: fp32 is the reference, timing on a shared
 # 2-core machine swings by ~10%, and a tie is not worth 8 mantissa bits.
