@@ -100,7 +100,7 @@ def embed_source(
         raise EmbeddingError(f"dtype must be float32 or float16, not {dtype!r}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     prec = select_for_inference(precision, device, encoder.model, encoder.info.image_size or 224,
-                                key=f"embed:{encoder.fingerprint}")
+                                key=f"embed:{encoder.fingerprint}", batch_size=batch_size)
     decoded = None
     if encoder.decoded_size is not None:
         decoded = decode_source(source, encoder.decoded_size, budget_bytes=decode_budget, workers=max(1, num_workers),

@@ -394,19 +394,32 @@ def training_timer(model: nn.Module, make_inputs: Callable[[], Sequence[torch.Te
     on ``make_inputs()``, the run's batch (at batch 8 the ranking can invert, e.g. 16 px ResNet-18 on
     avx512_bf16), made only when a timing runs. The minimum, because timing noise on a shared machine only
     ever adds; one step flipped near-ties."""
+    return _warm_timer(model, make_inputs, device, step, train=True)
 
+
+def inference_timer(model: nn.Module, make_inputs: Callable[[], Sequence[torch.Tensor]],
+                    device: str) -> Callable[[Precision], float]:
+    """``training_timer`` for a feature extractor: the faster of two warm forwards (eval mode, no grad) at the
+    caller's batch, the copy of the model made outside the timed part."""
+    return _warm_timer(model, make_inputs, device, lambda m, xs: m(xs[0]), train=False)
+
+
+def _warm_timer(model: nn.Module, make_inputs: Callable[[], Sequence[torch.Tensor]], device: str,
+                step: Callable[[nn.Module, Sequence[torch.Tensor]], torch.Tensor], train: bool) -> Callable[[Precision], float]:
     def timer(p: Precision) -> float:
         m = p.prepare_model(copy.deepcopy(model).to(device))
+        m.train(train)
         xs = [p.prepare_input(x.to(device)) for x in make_inputs()]
         sync = _synchronizer(p.device_type)
         times = []
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), torch.set_grad_enabled(train):
             for _ in range(3):  # the first pays for kernel creation
                 sync()
                 t = time.perf_counter()
                 with p.autocast():
-                    loss = step(m, xs)
-                loss.float().backward()
+                    out = step(m, xs)
+                if train:
+                    out.float().backward()
                 sync()
                 times.append(time.perf_counter() - t)
         return min(times[1:])
@@ -424,13 +437,20 @@ def inference_probe(model: nn.Module, inputs: torch.Tensor, device: str) -> Call
     return probe
 
 
-def select_for_inference(requested: str, device: str, model: nn.Module, image_size: int, key: str) -> Precision:
-    """``select_precision`` for a feature extractor at ``image_size`` (eval, curate, refine)."""
+def select_for_inference(requested: str, device: str, model: nn.Module, image_size: int, key: str,
+                         batch_size: int = 256) -> Precision:
+    """``select_precision`` for a feature extractor at ``image_size`` (eval, curate, refine): agreement on 8
+    images, speed (for ``auto``) of a forward at the caller's ``batch_size`` (at most 64, which bounds the cost
+    of timing a large encoder; batch 8 could rank the options the wrong way round, as it did for training)."""
     if len(options := candidates(requested, device)) == 1:
         return options[0]
     x = torch.randn(8, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    return select_precision(requested, device, inference_probe(model, x, device), key=f"{key}@{image_size}",
-                            model=model)
+
+    def batch() -> list[torch.Tensor]:  # only when auto times the options
+        return [torch.randn(timed, 3, image_size, image_size, generator=torch.Generator().manual_seed(1))]
+    timed = min(batch_size, 64)
+    return select_precision(requested, device, inference_probe(model, x, device), key=f"{key}@{image_size}:batch={timed}",
+                            model=model, timer=inference_timer(model, batch, device))
 
 
 def precision_note(p: Precision) -> str | None:

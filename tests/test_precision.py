@@ -210,6 +210,26 @@ def test_auto_takes_the_faster_option_at_the_run_batch_by_the_timer(monkeypatch)
             assert "bf16 is not faster here (fp32 " in chosen.reason
 
 
+def test_inference_auto_times_a_forward_at_the_callers_batch(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SEMIPAIRS_CACHE", str(tmp_path))
+    monkeypatch.setattr(precision, "_native_bf16", lambda device_type: True)
+    model, _ = _net(None)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    real = precision.inference_timer(model, lambda: [torch.randn(4, 3, 8, 8)], "cpu")
+    assert real(Precision("fp32", "cpu")) > 0 and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    shapes: list[tuple] = []
+
+    def fake(model, make_inputs, device):
+        def timer(p):
+            shapes.append(tuple(make_inputs()[0].shape))
+            return 1.0 if p.name == "fp32" else 0.5
+        return timer
+    monkeypatch.setattr(precision, "inference_timer", fake)
+    chosen = precision.select_for_inference("auto", "cpu", model, 8, key="t", batch_size=48)
+    assert chosen.bf16 and len(shapes) == 3 and set(shapes) == {(48, 3, 8, 8)}  # fp32 and both bf16 layouts
+    assert precision.select_for_inference("auto", "cpu", model, 8, key="t", batch_size=500) and shapes[-1][0] == 64
+
+
 def test_auto_times_the_options_only_where_bf16_is_native_and_caches_the_choice(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SEMIPAIRS_CACHE", str(tmp_path))
     monkeypatch.setattr(precision, "_native_bf16", lambda device_type: False)
