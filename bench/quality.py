@@ -335,14 +335,20 @@ def plot_curve(result: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = [(r["precision"] * 100, r["gain_points"]) for r in result["runs"] if r["kind"] == "pairs"]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.scatter(*zip(*pts))
+    pairs = [r for r in result["runs"] if r["kind"] == "pairs"]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for seed in sorted({r["seed"] for r in pairs}):
+        pts = [(r["precision"] * 100, r["gain_points"]) for r in pairs if r["seed"] == seed]
+        ax.scatter(*zip(*pts), s=18, label=f"seed {seed}")
+    levels = sorted({round(r["precision"] * 100) for r in pairs})  # the mean over seeds at each precision asked
+    means = [np.mean([r["gain_points"] for r in pairs if round(r["precision"] * 100) == lv]) for lv in levels]
+    ax.plot(levels, means, color="black", lw=1, label="mean over seeds")
     ax.axhline(0, color="grey", lw=0.8)
-    ax.axhline(2, color="green", lw=0.8, ls="--", label="target +2")
+    ax.axhline(2, color="green", lw=0.8, ls="--", label="+2")
     s = result["setting"]
+    flags = "native bf16" if "avx512_bf16" in result["machine"]["cpu_flags"] else "AVX2"
     ax.set(xlabel="pair precision (%)", ylabel="kNN top-1 gain (points)",
-           title=f"{s['pair_mode']} pairs, {s['steps']} steps, {s['train_images']} images")
+           title=f"{s['method']} {s['pair_mode']}, {s['steps']} steps, {s['train_images']} images ({flags})")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
