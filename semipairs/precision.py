@@ -445,10 +445,10 @@ def select_for_inference(requested: str, device: str, model: nn.Module, image_si
     if len(options := candidates(requested, device)) == 1:
         return options[0]
     x = torch.randn(8, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    timed = min(batch_size, 64)
 
     def batch() -> list[torch.Tensor]:  # only when auto times the options
         return [torch.randn(timed, 3, image_size, image_size, generator=torch.Generator().manual_seed(1))]
-    timed = min(batch_size, 64)
     return select_precision(requested, device, inference_probe(model, x, device), key=f"{key}@{image_size}:batch={timed}",
                             model=model, timer=inference_timer(model, batch, device))
 

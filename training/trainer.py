@@ -212,9 +212,10 @@ def setup(cfg: TrainConfig, rank: int, world: int, progress: bool = False) -> Ru
     model, spec = build_model(cfg)
     if cfg.pair_mode in ("multi", "inbatch") and pairs is not None:
         if cfg.method not in ({"moco"} if cfg.pair_mode == "multi" else {"moco", *IN_BATCH_METHODS}):
+            *first, last = IN_BATCH_METHODS
             raise SemipairsError(f"--pair-mode {cfg.pair_mode} needs --method moco" + (
                 " (positives are found in its queue)" if cfg.pair_mode == "multi" else
-                ", simclr, msf or wcl (SimSiam has no partners in its loss)"))
+                f", {', '.join(first)} or {last} (SimSiam has no partners in its loss)"))
         model.set_partners(torch.from_numpy(data.pairs.anchor), torch.from_numpy(data.pairs.positive), len(data.decoded),
                            mode=cfg.pair_mode)
     precision = broadcast_object(choose_training_precision(cfg, model, device))
