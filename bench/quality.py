@@ -72,6 +72,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.06, help="base LR for batch 256 (train --lr), scaled linearly")
     ap.add_argument("--cifar-stem", action="store_true")
+    ap.add_argument("--head-norm", action="store_true", help="BN in the projection head (train --head-norm)")
     ap.add_argument("--temperature", type=float, default=0.2, help="contrastive temperature (train's temperature)")
     ap.add_argument("--precision", default="auto", choices=PRECISIONS,
                     help="train --precision (auto: bf16 only where the CPU has it natively and the check agrees)")
@@ -145,7 +146,7 @@ def main() -> None:
             shutil.rmtree(out, ignore_errors=True)
         cfg = TrainConfig(method=args.method, data=train_src, out=out, pairs=pairs, pair_ratio=args.pair_ratio,
                           epochs=args.epochs, max_steps=args.steps or None, batch_size=args.batch_size, image_size=32,
-                          cifar_stem=args.cifar_stem,
+                          cifar_stem=args.cifar_stem, head_norm=args.head_norm,
                           num_workers=args.workers, seed=seed, pair_mode=args.pair_mode, swap_prob=args.swap_prob,
                           pair_weight=args.pair_weight, pair_warmup=args.pair_warmup, lr=args.lr,
                           temperature=args.temperature, precision=args.precision)
@@ -166,7 +167,7 @@ def main() -> None:
                "cifar_stem": args.cifar_stem, "image_size": 32, "batch_size": args.batch_size, "steps": args.steps, "lr": args.lr,
                "method": args.method, "pair_mode": args.pair_mode, "swap_prob": args.swap_prob, "pair_weight": args.pair_weight,
                "pair_warmup": args.pair_warmup, "pair_ratio": args.pair_ratio, "knn": {"k": 200, "temperature": 0.07},
-               "temperature": args.temperature, "precision": args.precision,
+               "temperature": args.temperature, "precision": args.precision, "head_norm": args.head_norm,
                "baseline_method": args.baseline_method or args.method}
     setting["random_init_knn"] = (args.random_init_knn if args.random_init_knn is not None
                                   else random_init_knn(train_src, test_src, args))
@@ -277,13 +278,13 @@ def run_curve(args, seeds, run, train_src: str, work: Path, setting: dict) -> No
 
 
 SAME_BUDGET = ("train_images", "test_images", "backbone", "cifar_stem", "image_size", "batch_size", "steps", "lr", "temperature",
-               "method", "knn", "random_init_knn", "precision")
+               "method", "knn", "random_init_knn", "precision", "head_norm")
 
 
 def setting_of(result: dict) -> dict:
-    """A result's setting; results written before --lr / --temperature / --precision existed ran at base LR 0.06,
-    T 0.2, precision auto."""
-    return {"lr": 0.06, "temperature": 0.2, "precision": "auto", **result["setting"]}
+    """A result's setting; results written before --lr / --temperature / --precision / --head-norm existed ran at base LR 0.06,
+    T 0.2, precision auto, no head BN."""
+    return {"lr": 0.06, "temperature": 0.2, "precision": "auto", "head_norm": False, **result["setting"]}
 
 
 def earlier_baseline(path: str, setting: dict, seed: int) -> dict:

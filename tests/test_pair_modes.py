@@ -76,11 +76,26 @@ def test_simclr_and_moco_take_partners_in_the_batch_as_positives(cifar_folder: P
     assert set(msf["parts"]) == {"mean_shift", "batch_partners", "queued_partners"}  # inbatch: msf's default
     assert msf["parts"]["batch_partners"] >= 1.0 and msf["pair_samples"] == 6 * 16 and all(np.isfinite(msf["step_losses"]))
     assert load_checkpoint(tmp_path / "msf-pairs" / "checkpoint.pt")["teacher"] is not None  # its momentum encoder
-    wcl = train(_cfg(cifar_folder, tmp_path / "wcl-pairs", method="wcl", pairs=str(ring_ds)), progress=False)["epochs"][0]
+    wcl = train(_cfg(cifar_folder, tmp_path / "wcl-pairs", method="wcl", pairs=str(ring_ds), head_norm=True),
+                progress=False)["epochs"][0]
     assert wcl["parts"]["batch_partners"] >= 1.0 and wcl["parts"]["component_size"] >= 2.0 and wcl["pair_samples"] == 6 * 16
     with pytest.raises(SemipairsError, match="inbatch needs --method moco, simclr, msf or wcl"):
         train(_cfg(cifar_folder, tmp_path / "simsiam", method="simsiam", pairs=str(ring_ds), pair_mode="inbatch"),
               progress=False)
+
+
+def test_head_norm_puts_batch_norm_in_every_projection_head_it_names(tmp_path: Path) -> None:
+    from torch import nn
+
+    from training.trainer import build_model
+
+    def norms(method: str, head_norm: bool) -> list[int]:
+        model, _ = build_model(TrainConfig(method=method, data="digits", out=tmp_path, image_size=16, head_norm=head_norm))
+        heads = [m for name, m in model.named_children() if name in ("projector", "projector_k", "graph_head")]
+        return [sum(isinstance(x, nn.BatchNorm1d) for x in h.modules()) for h in heads]
+
+    assert norms("simclr", False) == [0] and norms("simclr", True) == [1]
+    assert norms("wcl", True) == [1, 1] and norms("moco", True) == [1, 1] and norms("moco", False) == [0, 0]
 
 
 def test_a_batch_larger_than_the_queue_fills_it_with_its_newest_keys() -> None:

@@ -32,6 +32,7 @@ def train_command(
     cifar_stem: bool | None = option(TrainConfig, "cifar_stem", "--cifar-stem/--imagenet-stem"),
     image_size: int | None = option(TrainConfig, "image_size"),
     lr: float | None = option(TrainConfig, "lr"),
+    head_norm: bool | None = option(TrainConfig, "head_norm", "--head-norm/--no-head-norm"),
     reco: bool | None = option(TrainConfig, "reco", "--reco/--no-reco"),
     eval_train: str | None = option(TrainConfig, "eval_train"),
     eval_test: str | None = option(TrainConfig, "eval_test"),

@@ -44,6 +44,8 @@ class TrainConfig(BaseModel):
     queue_size: int = 4096
     moco_momentum: float = 0.99
     proj_dim: int = 128
+    head_norm: bool = Field(False, description="BN after the projection head's hidden layer, as SimCLR's own head has "
+                            "it (MoCo-v2's has none; msf always has it).")
     reco: bool = Field(False, description="Add ReCo global + local terms (MoCo).")
     reco_global_weight: float = 1.0
     reco_local_weight: float = 1.0

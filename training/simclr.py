@@ -31,10 +31,10 @@ def view_masks(rows: torch.Tensor | None, graph: PairGraph, b: int, device) -> t
 
 class SimCLR(nn.Module):
     def __init__(self, backbone: nn.Module, feat_dim: int, dim: int = 128, hidden_dim: int = 2048,
-                 temperature: float = 0.2) -> None:
+                 temperature: float = 0.2, head_norm: bool = False) -> None:
         super().__init__()
         self.backbone, self.temperature = backbone, temperature
-        self.projector = ProjectionHead(feat_dim, hidden_dim, dim)
+        self.projector = ProjectionHead(feat_dim, hidden_dim, dim, norm=head_norm)
         self.graph = PairGraph()
 
     def set_partners(self, anchor: torch.Tensor, positive: torch.Tensor, num_rows: int, mode: str = "inbatch") -> None:

@@ -68,11 +68,12 @@ def build_model(cfg: TrainConfig) -> tuple[nn.Module, BackboneSpec]:
     if cfg.method == "moco":
         weights = (cfg.reco_global_weight, cfg.reco_local_weight) if cfg.reco else (0.0, 0.0)
         model: nn.Module = MoCo(backbone, dim, cfg.proj_dim, queue_size=cfg.queue_size, momentum=cfg.moco_momentum,
-                                temperature=cfg.temperature, reco_global_weight=weights[0], reco_local_weight=weights[1])
+                                temperature=cfg.temperature, reco_global_weight=weights[0], reco_local_weight=weights[1],
+                                head_norm=cfg.head_norm)
     elif cfg.method == "simclr":
-        model = SimCLR(backbone, dim, cfg.proj_dim, temperature=cfg.temperature)
+        model = SimCLR(backbone, dim, cfg.proj_dim, temperature=cfg.temperature, head_norm=cfg.head_norm)
     elif cfg.method == "wcl":
-        model = WCL(backbone, dim, cfg.proj_dim, temperature=cfg.temperature)
+        model = WCL(backbone, dim, cfg.proj_dim, temperature=cfg.temperature, head_norm=cfg.head_norm)
     elif cfg.method == "msf":
         model = MSF(backbone, dim, cfg.proj_dim, queue_size=cfg.queue_size, momentum=cfg.moco_momentum)
     else:

@@ -28,9 +28,9 @@ def nearest_links(g: torch.Tensor) -> torch.Tensor:
 
 class WCL(SimCLR):
     def __init__(self, backbone: torch.nn.Module, feat_dim: int, dim: int = 128, hidden_dim: int = 2048,
-                 temperature: float = 0.2, graph_weight: float = 1.0) -> None:
-        super().__init__(backbone, feat_dim, dim, hidden_dim, temperature)
-        self.graph_head, self.graph_weight = ProjectionHead(feat_dim, hidden_dim, dim), graph_weight
+                 temperature: float = 0.2, graph_weight: float = 1.0, head_norm: bool = False) -> None:
+        super().__init__(backbone, feat_dim, dim, hidden_dim, temperature, head_norm)
+        self.graph_head, self.graph_weight = ProjectionHead(feat_dim, hidden_dim, dim, norm=head_norm), graph_weight
 
     def forward(self, v1: torch.Tensor, v2: torch.Tensor, weights: torch.Tensor | None = None,
                 rows: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float], None]:
