@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 import semipairs
 from semipairs.checkpoint import load_checkpoint
 from semipairs.cli import app
+from semipairs.errors import SemipairsError
 from semipairs.pack import pack
 from semipairs.sources import open_source
 from tests.conftest import ring_pairs
@@ -153,6 +154,14 @@ def test_resume_equals_an_uninterrupted_run(cifar_folder: Path, pairs_ds: Path, 
     assert seq(resumed) == seq(full) and len(seq(full)) == 2 * 18
     a, b = load_checkpoint(tmp_path / "full" / "checkpoint.pt"), load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     assert torch.equal(a["model"]["queue"], b["model"]["queue"]) and a["epoch"] == b["epoch"] == 2
+
+
+def test_resume_refuses_a_run_of_another_model_by_name(cifar_folder: Path, tmp_path: Path) -> None:
+    train(_cfg(cifar_folder, tmp_path / "run", method="simclr", max_steps=1), progress=False)
+    with pytest.raises(SemipairsError, match=r"checkpoint.pt: this run was trained with another model \(head_norm False -> True\)"):
+        train(_cfg(cifar_folder, tmp_path / "run", method="simclr", max_steps=1, head_norm=True), progress=False)
+    again = train(_cfg(cifar_folder, tmp_path / "run", method="simclr", max_steps=1), progress=False)  # its own settings
+    assert sum(len(e["step_losses"]) for e in again["epochs"]) == 1
 
 
 @pytest.mark.slow

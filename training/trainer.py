@@ -253,18 +253,27 @@ def choose_training_precision(cfg: TrainConfig, model: nn.Module, device: str) -
     def step(m: nn.Module, xs: list[torch.Tensor]) -> torch.Tensor:
         return m(xs[0], xs[1])[0]
     names = ["loss"] + [n for n, q in model.named_parameters() if q.requires_grad]
-    key = (f"train:{cfg.method}:{cfg.backbone}:cifar_stem={cfg.cifar_stem}:reco={cfg.reco}:{cfg.image_size}px"
-           f":batch={cfg.batch_size}")
+    key = (f"train:{cfg.method}:{cfg.backbone}:cifar_stem={cfg.cifar_stem}:reco={cfg.reco}:head_norm={cfg.head_norm}"
+           f":{cfg.image_size}px:batch={cfg.batch_size}")
     return select_precision(cfg.precision, device, training_probe(model, views, device, step), key=key, model=model,
                             names=names, timer=training_timer(model, batch, device, step))
 
 
+MODEL_SHAPE = ("method", "backbone", "cifar_stem", "image_size", "proj_dim", "head_norm", "queue_size", "reco")
+
+
 def resume(run: Run) -> None:
-    """Continue from ``OUT/checkpoint.pt``: model, momentum encoder, queue, optimizer, schedule, epoch, RNG."""
+    """Continue from ``OUT/checkpoint.pt``: model, momentum encoder, queue, optimizer, schedule, epoch, RNG.
+    A checkpoint of another model (a flag that shapes it changed) is refused by name, not by a state-dict trace."""
     path = run.out / "checkpoint.pt"
     if not (run.cfg.resume and path.exists()):
         return
     state = load_checkpoint(path)
+    old, new = state.get("config") or {}, run.cfg.model_dump(mode="json")
+    changed = [f"{k} {old[k]!r} -> {new[k]!r}" for k in MODEL_SHAPE if k in old and old[k] != new[k]]
+    if changed:
+        raise SemipairsError(f"{path}: this run was trained with another model ({'; '.join(changed)}); "
+                             "give another --out, or the run's own settings to resume it")
     if "queue" in state["model"]:  # runs saved before queued rows were kept: their keys have no known row
         state["model"].setdefault("queue_rows", torch.full_like(run.model.queue_rows, -1))
     run.model.load_state_dict(state["model"])
