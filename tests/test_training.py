@@ -158,7 +158,8 @@ def test_resume_equals_an_uninterrupted_run(cifar_folder: Path, pairs_ds: Path, 
 
 def test_resume_refuses_a_run_of_another_model_by_name(cifar_folder: Path, tmp_path: Path) -> None:
     train(_cfg(cifar_folder, tmp_path / "run", method="simclr", max_steps=1), progress=False)
-    with pytest.raises(SemipairsError, match=r"checkpoint.pt: this run was trained with another model \(head_norm False -> True\)"):
+    refused = r"checkpoint.pt: this run was trained with another model \(head_norm False -> True\)"
+    with pytest.raises(SemipairsError, match=refused):
         train(_cfg(cifar_folder, tmp_path / "run", method="simclr", max_steps=1, head_norm=True), progress=False)
     again = train(_cfg(cifar_folder, tmp_path / "run", method="simclr", max_steps=1), progress=False)  # its own settings
     assert sum(len(e["step_losses"]) for e in again["epochs"]) == 1

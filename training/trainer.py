@@ -62,6 +62,10 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# the settings that shape the model: a checkpoint resumes only under the same ones, a precision verdict is kept per them
+MODEL_SHAPE = ("method", "backbone", "cifar_stem", "image_size", "proj_dim", "head_norm", "queue_size", "reco")
+
+
 def build_model(cfg: TrainConfig) -> tuple[nn.Module, BackboneSpec]:
     spec = BackboneSpec(cfg.backbone, cifar_stem=cfg.cifar_stem, image_size=cfg.image_size)
     backbone, dim = build_backbone(spec)
@@ -253,13 +257,9 @@ def choose_training_precision(cfg: TrainConfig, model: nn.Module, device: str) -
     def step(m: nn.Module, xs: list[torch.Tensor]) -> torch.Tensor:
         return m(xs[0], xs[1])[0]
     names = ["loss"] + [n for n, q in model.named_parameters() if q.requires_grad]
-    key = (f"train:{cfg.method}:{cfg.backbone}:cifar_stem={cfg.cifar_stem}:reco={cfg.reco}:head_norm={cfg.head_norm}"
-           f":{cfg.image_size}px:batch={cfg.batch_size}")
+    key = "train:" + ":".join(f"{k}={getattr(cfg, k)}" for k in (*MODEL_SHAPE, "batch_size"))
     return select_precision(cfg.precision, device, training_probe(model, views, device, step), key=key, model=model,
                             names=names, timer=training_timer(model, batch, device, step))
-
-
-MODEL_SHAPE = ("method", "backbone", "cifar_stem", "image_size", "proj_dim", "head_norm", "queue_size", "reco")
 
 
 def resume(run: Run) -> None:
