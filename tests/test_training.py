@@ -163,6 +163,12 @@ def test_resume_refuses_a_run_of_another_model_by_name(cifar_folder: Path, tmp_p
         train(_cfg(cifar_folder, tmp_path / "run", method="simclr", max_steps=1, head_norm=True), progress=False)
     again = train(_cfg(cifar_folder, tmp_path / "run", method="simclr", max_steps=1), progress=False)  # its own settings
     assert sum(len(e["step_losses"]) for e in again["epochs"]) == 1
+    # SimCLR keeps no queue, so its size shapes nothing there: a changed --queue-size still resumes
+    same = train(_cfg(cifar_folder, tmp_path / "run", method="simclr", max_steps=1, queue_size=512), progress=False)
+    assert same["epochs"] == again["epochs"]
+    train(_cfg(cifar_folder, tmp_path / "moco", max_steps=1), progress=False)  # MoCo's queue is part of its model
+    with pytest.raises(SemipairsError, match=r"another model \(queue_size 64 -> 128\)"):
+        train(_cfg(cifar_folder, tmp_path / "moco", max_steps=1, queue_size=128), progress=False)
 
 
 @pytest.mark.slow

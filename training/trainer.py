@@ -270,7 +270,8 @@ def resume(run: Run) -> None:
         return
     state = load_checkpoint(path)
     old, new = state.get("config") or {}, run.cfg.model_dump(mode="json")
-    changed = [f"{k} {old[k]!r} -> {new[k]!r}" for k in MODEL_SHAPE if k in old and old[k] != new[k]]
+    shaping = [k for k in MODEL_SHAPE if k != "queue_size" or "queue" in state["model"]]  # no queue: its size shapes nothing
+    changed = [f"{k} {old[k]!r} -> {new[k]!r}" for k in shaping if k in old and old[k] != new[k]]
     if changed:
         raise SemipairsError(f"{path}: this run was trained with another model ({'; '.join(changed)}); "
                              "give another --out, or the run's own settings to resume it")
