@@ -1,11 +1,11 @@
-"""The CIFAR-10 quality protocol (DESIGN section 5), on the real images of ../shared/data/cifar10.
+r"""The CIFAR-10 quality protocol (DESIGN section 5), on the real images of ../shared/data/cifar10.
 
 The defaults are the protocol the pair path is measured with, on a 2-core CPU: ResNet-18 (ImageNet stem) at
 32 px, 10,000 training images (1,000 per class), batch 128, 3,500 optimizer steps a run (the fewest measured
 that put the SimCLR baseline 15 points above random init: 48.10 vs 32.05, docs/benchmarks.md), SimCLR with
 in-batch partner positives (``train --method simclr --pair-mode inbatch``), kNN top-1 (k=200, T=0.07) on the
 10,000 test images; random-init kNN is recorded with every result. About 25 minutes a run on a CPU with
-avx512_bf16, 70-90 on an AVX2-only one. The first curve (3 seeds) was measured at ``--steps 2000``.
+avx512_bf16, 70-110 on an AVX2-only one. The first curve (3 seeds) was measured at ``--steps 2000``.
 
 Precision curve (``--curve 100,90,75,60,45,30``): pairs built from the labels at a controlled precision
 and coverage (``--coverage`` of the images are anchors, each with ``--per-anchor`` positives of its class,
@@ -26,9 +26,10 @@ score quantile) -> train again from scratch with the pairs under the same budget
 Any label-free sampler instead: ``--pair-encoder SPEC`` (e.g. ``ckpt:RUN/checkpoint.pt``), ``--agree-with SPEC``
 (curate's agreement of two encoders), the mining flags, and ``--baseline-from`` to reuse a measured baseline:
 
-    python bench/quality.py --steps 2000 --baseline-from docs/results/curve-inbatch-simclr-2000-seed0.json --random-init-knn 32.05 \
+    python bench/quality.py --seeds 1 --random-init-knn 32.05 \
+        --baseline-from docs/results/steps-probe-simclr-3500-seed1-avx512bf16.json \
         --pair-encoder ckpt:RUN/checkpoint.pt --agree-with pixels --k 10 --no-mutual --quantile none \
-        --max-per-anchor 10 --duplicate-threshold 0.999 --out docs/results/selfmined-agree-simclr-2000-seed0.json
+        --max-per-anchor 10 --duplicate-threshold 0.999 --out docs/results/selfmined-agree-simclr-3500-seed1.json
 
 Earlier CPU protocols (MoCo-v2, 20,000 images, 600-4,000 steps) are reproduced with
 ``--train-images 20000 --method moco --pair-mode extra --per-anchor 1``. GPU version (when a GPU is lent), as
