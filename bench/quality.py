@@ -2,7 +2,7 @@ r"""The CIFAR-10 quality protocol (DESIGN section 5), on the real images of ../s
 
 The defaults are the protocol the pair path is measured with, on a 2-core CPU: ResNet-18 (ImageNet stem) at
 32 px, 10,000 training images (1,000 per class), batch 128, 3,500 optimizer steps a run (the fewest measured
-that put the SimCLR baseline 15 points above random init: 48.10 vs 32.05, docs/benchmarks.md), SimCLR with
+that put the SimCLR baseline 15 points above random init: 47.35-48.10 on 3 seeds vs 32.05, docs/benchmarks.md), SimCLR with
 in-batch partner positives (``train --method simclr --pair-mode inbatch``), kNN top-1 (k=200, T=0.07) on the
 10,000 test images; random-init kNN is recorded with every result. About 25 minutes a run on a CPU with
 avx512_bf16, 70-110 on an AVX2-only one. The first curve (3 seeds) was measured at ``--steps 2000``.
