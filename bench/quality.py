@@ -323,7 +323,30 @@ def merge_curves(paths: list[str]) -> dict:
                 seen.add(key)
                 merged["runs"].append({"from": path, **r})  # a row merged before keeps its first source
     merged["runs"].sort(key=lambda r: (r["seed"], r["kind"] != "baseline", -(r["precision"] or 0)))
+    merged["summary"] = summarise_curve(merged["runs"])
     return merged
+
+
+def summarise_curve(runs: list[dict]) -> dict:
+    """Gain per precision over the seeds measured (mean, min, max) and the break-even precision: where the mean
+    curve, interpolated linearly between measured levels, first rises through 0 (None when every level is
+    above or every level below 0: then it lies outside the range measured, and ``break_even_bound`` says which side)."""
+    pairs = [r for r in runs if r["kind"] == "pairs"]
+    levels = sorted({round(r["precision"] * 100) for r in pairs})
+    rows = []
+    for lv in levels:
+        gains = [r["gain_points"] for r in pairs if round(r["precision"] * 100) == lv]
+        rows.append({"precision_pct": lv, "seeds": sorted(r["seed"] for r in pairs if round(r["precision"] * 100) == lv),
+                     "mean_gain": round(float(np.mean(gains)), 2), "min_gain": min(gains), "max_gain": max(gains)})
+    even, bound = None, None
+    for lo, hi in zip(rows, rows[1:]):
+        if lo["mean_gain"] < 0 <= hi["mean_gain"]:
+            t = -lo["mean_gain"] / (hi["mean_gain"] - lo["mean_gain"])
+            even = round(lo["precision_pct"] + t * (hi["precision_pct"] - lo["precision_pct"]), 1)
+            break
+    if even is None and rows:
+        bound = f"below {rows[0]['precision_pct']}%" if rows[0]["mean_gain"] >= 0 else f"above {rows[-1]['precision_pct']}%"
+    return {"by_precision": rows, "break_even_precision_pct": even, "break_even_bound": bound}
 
 
 def emit_quiet(result: dict, out: str | None) -> None:
