@@ -335,8 +335,9 @@ def summarise_curve(runs: list[dict]) -> dict:
     levels = sorted({round(r["precision"] * 100) for r in pairs})
     rows = []
     for lv in levels:
-        gains = [r["gain_points"] for r in pairs if round(r["precision"] * 100) == lv]
-        rows.append({"precision_pct": lv, "seeds": sorted(r["seed"] for r in pairs if round(r["precision"] * 100) == lv),
+        at = [r for r in pairs if round(r["precision"] * 100) == lv]
+        gains = [r["gain_points"] for r in at]
+        rows.append({"precision_pct": lv, "seeds": sorted(r["seed"] for r in at),
                      "mean_gain": round(float(np.mean(gains)), 2), "min_gain": min(gains), "max_gain": max(gains)})
     even, bound = None, None
     for lo, hi in zip(rows, rows[1:]):
@@ -366,9 +367,8 @@ def plot_curve(result: dict, path: str) -> None:
     for seed in sorted({r["seed"] for r in pairs}):
         pts = [(r["precision"] * 100, r["gain_points"]) for r in pairs if r["seed"] == seed]
         ax.scatter(*zip(*pts), s=18, label=f"seed {seed}")
-    levels = sorted({round(r["precision"] * 100) for r in pairs})  # the mean over seeds at each precision asked
-    means = [np.mean([r["gain_points"] for r in pairs if round(r["precision"] * 100) == lv]) for lv in levels]
-    ax.plot(levels, means, color="black", lw=1, label="mean over seeds")
+    mean = summarise_curve(result["runs"])["by_precision"]  # the mean over seeds at each precision asked
+    ax.plot([r["precision_pct"] for r in mean], [r["mean_gain"] for r in mean], color="black", lw=1, label="mean over seeds")
     ax.axhline(0, color="grey", lw=0.8)
     ax.axhline(2, color="green", lw=0.8, ls="--", label="+2")
     s = result["setting"]
