@@ -188,14 +188,16 @@ def main() -> None:
                                   num_workers=args.workers, cache_dir=work / "cache",
                                   mining=MiningConfig(**mining, seed=seed)),
                      progress=False)
-        stats = load(cur.path).manifest.stats
+        manifest = load(cur.path).manifest
+        stats, parent = manifest.stats, manifest.parent  # parent: the pair dataset a round-2 miner was trained with
         curate_s = time.perf_counter() - t
         paired = run(seed, run_name(args.pair_encoder, args.agree_with), str(cur.path))
         rows.append({"seed": seed, "baseline": base, "with_pairs": paired,
                      "pairs": {"num_pairs": stats.num_pairs, "coverage": round(stats.coverage, 4),
                                "images_in_pairs": round(stats.images_in_pairs, 4),
                                "label_precision": round(stats.label_precision or 0, 4), "curate_seconds": round(curate_s),
-                               "mining_counts": cur.counts, "dataset": str(cur.path)},
+                               "mining_counts": cur.counts, "dataset": str(cur.path),
+                               "parent": f"{parent.name} {parent.version}" if parent else None},
                      "gain_points": round(paired["knn_top1"] - base["knn_top1"], 2)})
     emit({
         "benchmark": "quality.cifar10", "machine": machine(),
