@@ -191,7 +191,7 @@ def main() -> None:
         manifest = load(cur.path).manifest
         stats, parent = manifest.stats, manifest.parent  # parent: the pair dataset a round-2 miner was trained with
         curate_s = time.perf_counter() - t
-        paired = run(seed, run_name(args.pair_encoder, args.agree_with), str(cur.path))
+        paired = run(seed, run_name(args.pair_encoder, args.agree_with, mining), str(cur.path))
         rows.append({"seed": seed, "baseline": base, "with_pairs": paired,
                      "pairs": {"num_pairs": stats.num_pairs, "coverage": round(stats.coverage, 4),
                                "images_in_pairs": round(stats.images_in_pairs, 4),
@@ -207,10 +207,15 @@ def main() -> None:
     }, args.out)
 
 
-def run_name(pair_encoder: str, agree_with: str | None) -> str:
-    """The pair run's directory: one per encoder (and second encoder), never a path inside a path."""
+def run_name(pair_encoder: str, agree_with: str | None, mining: dict) -> str:
+    """The pair run's directory: one per encoder, second encoder and mining setting (two settings mined with one
+    encoder must not share a directory: the second run would delete the first one's checkpoint), never a path
+    inside a path."""
+    knobs = f"k{mining['k']}-m{mining['max_per_anchor']}{'' if mining['mutual'] else '-nm'}"
+    if mining["min_score_quantile"] is not None:
+        knobs += f"-q{mining['min_score_quantile']:g}"
     slug = "".join(c if c.isalnum() else "-" for c in f"{pair_encoder}-{agree_with or ''}").strip("-")
-    return "with-pairs" if pair_encoder == "ckpt" and not agree_with else f"with-pairs-{slug[-60:]}"
+    return f"with-pairs-{knobs}" if pair_encoder == "ckpt" and not agree_with else f"with-pairs-{slug[-60:]}-{knobs}"
 
 
 def random_init_knn(train_src: str, test_src: str, args) -> float:
