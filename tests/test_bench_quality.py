@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.quality import merge_curves, summarise_curve
+from bench.quality import merge_curves, run_name, summarise_curve
 
 
 def pair(seed: int, pct: int, gain: float) -> dict:
@@ -48,3 +48,15 @@ def test_merge_keeps_the_first_row_and_refuses_another_budget(tmp_path: Path) ->
     pb.write_text(json.dumps({**b, "setting": {**setting, "steps": 2000}}))
     with pytest.raises(SystemExit, match="another budget or CPU kind"):
         merge_curves([str(pa), str(pb)])
+
+
+def test_each_mining_setting_of_one_encoder_trains_in_its_own_directory() -> None:
+    """Two self-mined rows from one checkpoint (k 10 and k 20) once shared a directory, and the second deleted
+    the first one's checkpoint: the directory names the mining setting, and never holds a path separator."""
+    mining = {"k": 10, "mutual": False, "min_score_quantile": None, "max_per_anchor": 10, "duplicate_threshold": 0.999}
+    enc = "ckpt:/tmp/sp-quality/seed0/baseline/checkpoint.pt"
+    names = {run_name(enc, "pixels", mining), run_name(enc, "pixels", {**mining, "k": 20, "max_per_anchor": 20}),
+             run_name(enc, "pixels", {**mining, "mutual": True, "min_score_quantile": 0.3}), run_name(enc, None, mining),
+             run_name("ckpt", None, mining)}
+    assert len(names) == 5 and not any("/" in n for n in names)
+    assert run_name("ckpt", None, {**mining, "mutual": True, "min_score_quantile": 0.3}) == "with-pairs-k10-m10-q0.3"
