@@ -141,7 +141,7 @@ def trainer_rate(folder: Path, args, run: Path, **overrides) -> tuple[float, flo
 
 def roofline(args, label: str) -> float:
     """MoCo-v2 steps (query forward+backward, key forward, SGD, enqueue) on tensors already in memory, in the
-    precision ``label`` names (fp32, bf16, bf16+channels_last)."""
+    precision ``label`` names (fp32, fp32+channels_last, bf16, bf16+channels_last)."""
     from semipairs.precision import Precision, padding_tap_modules
     from training.trainer import TrainConfig, build_model
 
@@ -215,7 +215,7 @@ def main() -> None:
         for f in sorted(cls.glob("*.jpg"))[:per_class]:
             shutil.copy(f, sub / cls.name / f.name)
     source = open_source(f"imagefolder:{sub}")
-    roof = {label: roofline(args, label) for label in ("fp32", "bf16", "bf16+channels_last")}
+    roof = {label: roofline(args, label) for label in ("fp32", "fp32+channels_last", "bf16", "bf16+channels_last")}
     trainer, decode_s, auto = trainer_rate(sub, args, work / "run")
     trainer_warm, _, _ = trainer_rate(sub, args, work / "run")  # decoded array and precision choice now cached
     trainer = max(trainer, trainer_warm)

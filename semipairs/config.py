@@ -21,8 +21,9 @@ M = TypeVar("M", bound=BaseModel)
 # The --precision option of every command that runs a model (train, eval, refine, curate).
 PRECISIONS = ("auto", "fp32", "bf16")  # torch-free: the CLI and benches build their choices from it
 PRECISION_HELP = ("auto (where the CPU has avx512_bf16/AMX or on CUDA: the faster of fp32 and bf16 autocast, with or "
-                  "without channels_last, timed at the run's size, each checked against fp32 on one step; fp32 "
-                  "elsewhere), fp32, or bf16 (the same check; fp32 with a note when no bf16 option agrees). Known CPU "
+                  "without channels_last, timed at the run's size, each checked against fp32 on one step; elsewhere "
+                  "on the CPU fp32 with or without channels_last, checked and timed the same way), fp32 (plain "
+                  "layout, no check), or bf16 (the same check; fp32 with a note when no bf16 option agrees). Known CPU "
                   "kernel faults are avoided by rule: see the README's precision section.")
 
 

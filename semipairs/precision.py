@@ -1,17 +1,22 @@
 """Numeric precision, chosen once per command, and only where it is shown to compute the same thing.
 
 ``auto`` considers bf16 autocast only where the hardware computes bf16 natively (a CUDA GPU, or a CPU
-with avx512_bf16 / AMX): on other CPUs autocast emulates bf16 and runs 1.5-25x slower than fp32 (AVX2,
-ResNet-18 MoCo step). Where bf16 is a candidate, ``select_precision`` runs one step of the *actual* model
-at the actual input size in fp32 and in each bf16 configuration (with channels_last, then without),
-keeps the configurations whose result agrees with fp32 (``agreement``) and, for ``auto``, the fastest of
-them; the decision is cached per (model, input, torch version, CPU flags). Two reasons it must check:
+with avx512_bf16 / AMX whose torch dispatches AVX-512 kernels): on other CPUs autocast emulates bf16 and
+runs 1.5-25x slower than fp32 (AVX2, ResNet-18 MoCo step). There, ``auto`` weighs fp32 in channels_last
+against plain fp32 instead: the same arithmetic in another layout, which oneDNN's AVX2 convolutions run
+1.4x faster (ResNet-18 SimCLR step at 32 px, batch 2 x 128: 1,080 -> 770 ms under AVX2 dispatch) and
+AVX-512 ones no faster. ``select_precision`` runs one step of the *actual* model at the actual input size
+in fp32 and in each other configuration, keeps those whose result agrees with fp32 (``agreement``; an fp32
+layout must agree to fp32's own error) and, for ``auto``, the fastest of them; the decision is cached per
+(model, input, torch version, CPU flags). Two reasons it must check:
 
 - oneDNN's CPU convolutions have produced garbage weight gradients (|grad| up to 1e32, intermittently)
   under bf16 + channels_last where a feature map is 1x1 (torch 2.14.1, Sapphire Rapids): a 1x1 map is
   both contiguous and channels_last, so the backend can describe a buffer with the wrong layout (the
-  same class as pytorch#95693 and the XPU fix of pytorch#190773). channels_last is never used where a
-  convolution sees or produces a 1x1 map, whatever the check says.
+  same class as pytorch#95693 and the XPU fix of pytorch#190773). bf16 + channels_last is never used where
+  a convolution sees or produces a 1x1 map, whatever the check says. fp32 in channels_last showed no such
+  fault (ResNet-18 at 32 px, whose layer4 maps are 1x1: 23 of 23 steps within fp32's own error of the plain
+  layout, AVX-512 and AVX2 dispatch, Sapphire Rapids) and is held to the tight check below.
 - the CPU bf16 weight gradient of a *strided* convolution leaves uninitialised memory in the kernel taps
   that only ever cover padding (their true gradient is exactly 0): ResNet-18's layer4.0.conv1 (3x3,
   stride 2) on the 1x1 map of a 16 px input returned 255 ... 3e30 there in 11-20 of 20 trials, in either
@@ -50,7 +55,7 @@ _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # 2-core machine swings by ~10%, and a tie is not worth 8 mantissa bits.
 _SPEEDUP_MARGIN = 1.15
 # Bumped when the rules above change, so a choice cached under older rules is checked again.
-_RULES = 2
+_RULES = 3
 
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str]:
@@ -127,17 +132,25 @@ class Precision:
 
 
 def _native_bf16(device_type: str) -> bool:
-    return device_type == "cuda" or (device_type == "cpu" and cpu_has_native_bf16())
+    """CUDA, or a CPU with native bf16 whose torch dispatches AVX-512 kernels (``ATEN_CPU_CAPABILITY=avx2``
+    runs a native-bf16 CPU as the AVX2 kind)."""
+    if device_type == "cuda":
+        return True
+    return (device_type == "cpu" and cpu_has_native_bf16()
+            and torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2"))
 
 
 def candidates(name: str, device: str) -> list[Precision]:
-    """Configurations to try, preferred first; fp32 (the reference) is always last."""
+    """Configurations to try, preferred first; fp32 (the reference) is always last. An explicit ``fp32`` is
+    the plain layout only; ``auto`` without native bf16 weighs fp32 in channels_last on the CPU."""
     if name not in PRECISIONS:
         raise InvalidValueError(f"precision {name!r}: use one of {', '.join(PRECISIONS)}")
     device_type = torch.device(device).type
     fp32 = Precision("fp32", device_type)
-    if name == "fp32" or (name == "auto" and not _native_bf16(device_type)):
+    if name == "fp32" or (name == "auto" and device_type != "cpu" and not _native_bf16(device_type)):
         return [fp32]
+    if name == "auto" and not _native_bf16(device_type):
+        return [Precision("fp32", device_type, True), fp32]
     return [Precision("bf16", device_type, True), Precision("bf16", device_type, False), fp32]
 
 
@@ -169,11 +182,17 @@ def full_precision(device_type: str) -> contextlib.AbstractContextManager:
 MIN_WEIGHT_COSINE = 0.3
 NORM_RATIO = (1 / 3, 3.0)
 MIN_TOTAL_COSINE = 0.3
+# fp32 in another memory format computes the same sums in another order: every tensor stays within fp32's own
+# error of the plain layout (ResNet-18, batch 256: relative distance <= 0.007, as far as plain fp32 is from
+# fp64; cosine > 0.9999), so a weight gradient or the whole step short of near-identity is a wrong kernel.
+MIN_COSINE_FP32 = 0.99
 
 
 def agreement(reference: Sequence[torch.Tensor], other: Sequence[torch.Tensor],
-              names: Sequence[str] | None = None) -> str | None:
-    """None when ``other`` computes the same thing as ``reference`` within bf16's error, else why not."""
+              names: Sequence[str] | None = None, fp32: bool = False) -> str | None:
+    """None when ``other`` computes the same thing as ``reference`` within bf16's error (``fp32``: within the
+    error of another fp32 summation order, for a layout change), else why not."""
+    min_weight, min_total = (MIN_COSINE_FP32, MIN_COSINE_FP32) if fp32 else (MIN_WEIGHT_COSINE, MIN_TOTAL_COSINE)
     names = names or [f"tensor {i}" for i in range(len(reference))]
     total = [0.0, 0.0, 0.0]  # dot, |ref|^2, |other|^2
     for name, r, o in zip(names, reference, other):
@@ -190,10 +209,10 @@ def agreement(reference: Sequence[torch.Tensor], other: Sequence[torch.Tensor],
         ratio = on / rn
         if not NORM_RATIO[0] <= ratio <= NORM_RATIO[1]:
             return f"{name}: norm {ratio:.3g}x the fp32 one"
-        if dims >= 2 and (cos := float(F.cosine_similarity(r, o, dim=0))) < MIN_WEIGHT_COSINE:
-            return f"{name}: cosine {cos:.2f} to the fp32 one"
+        if dims >= 2 and (cos := float(F.cosine_similarity(r, o, dim=0))) < min_weight:
+            return f"{name}: cosine {cos:.4f} to the fp32 one"
     cos = total[0] / math.sqrt(max(total[1] * total[2], 1e-30))
-    return None if cos >= MIN_TOTAL_COSINE else f"all tensors together: cosine {cos:.3f} to fp32"
+    return None if cos >= min_total else f"all tensors together: cosine {cos:.4f} to fp32"
 
 
 def padding_only_taps(conv: nn.modules.conv._ConvNd, spatial: Sequence[int]) -> bool:
@@ -338,11 +357,11 @@ def select_precision(requested: str, device: str, probe: Callable[[Precision], S
     fp32_modules = tuple(seen.padding_taps) if fp32.device_type == "cpu" else ()
     refused, passed = [], []
     for p in options[:-1]:
-        if p.channels_last and seen.unit_maps:
+        if p.bf16 and p.channels_last and seen.unit_maps:
             refused.append(f"{p.label}: a convolution sees a 1x1 map (a layout oneDNN gets wrong)")
             continue
-        p = replace(p, fp32_modules=fp32_modules)
-        why = agreement(reference, run(p), names)
+        p = replace(p, fp32_modules=fp32_modules if p.bf16 else ())
+        why = agreement(reference, run(p), names, fp32=not p.bf16)
         if why:
             refused.append(f"{p.label}: {why}")
         else:
@@ -363,7 +382,8 @@ def select_precision(requested: str, device: str, probe: Callable[[Precision], S
         notes = [*notes, f"{first}{more} in fp32 (a strided convolution with taps that only cover padding, "
                          "where CPU bf16 weight gradients are garbage)"]
     if chosen is fp32 and passed and requested == "auto":
-        notes = [*notes, f"bf16 is not faster here ({figures})"]
+        others = " / ".join(dict.fromkeys(p.label for p in passed))
+        notes = [*notes, f"{others} is not faster here ({figures})"]
     chosen = replace(chosen, reason="; ".join(notes))
     if cache:
         _write_cache(entry_key, {"precision": asdict(chosen), "timings_s": timings, "key": key})

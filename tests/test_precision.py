@@ -5,6 +5,7 @@ on any CPU, and runs that diverge stop with one error line."""
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,62 @@ def test_channels_last_is_never_used_where_a_convolution_sees_a_1x1_map() -> Non
     model, x = _net(None, spatial=1)
     chosen = _select(model, x)
     assert chosen.label == "bf16" and "a convolution sees a 1x1 map" in chosen.reason
+
+
+class _Skew(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):  # an error inside bf16's tolerance, far outside fp32's own
+        return grad + 2 * grad.std() * torch.randn(grad.shape, generator=torch.Generator().manual_seed(2))
+
+
+class SkewChannelsLast(nn.Module):
+    """Identity forward; on a channels_last input outside autocast its backward adds a small error."""
+
+    def forward(self, x):
+        cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        return _Skew.apply(x) if cl and not torch.is_autocast_enabled("cpu") else x
+
+
+def test_without_native_bf16_auto_weighs_fp32_layouts_and_holds_them_to_fp32s_error(monkeypatch) -> None:
+    monkeypatch.setattr(precision, "_native_bf16", lambda device_type: False)
+    model, x = _net(None, spatial=1)  # a 1x1 map: bf16 + channels_last would be refused by rule, fp32 is checked
+    timed = []
+
+    def timer(p):
+        timed.append(p.label)
+        return 0.5 if p.channels_last else 1.0
+    chosen = _select(model, x, requested="auto", timer=timer)
+    assert chosen == Precision("fp32", "cpu", True) and timed == ["fp32", "fp32+channels_last"]
+    assert _select(model, x, requested="fp32") == Precision("fp32", "cpu")  # explicit fp32: the plain layout
+    skewed, x = _net(SkewChannelsLast())
+    probe = training_probe(skewed, [x], "cpu", lambda m, xs: m(xs[0]).square().mean())
+    plain, cl = probe(Precision("fp32", "cpu")), probe(Precision("fp32", "cpu", True))
+    assert agreement(plain, cl) is None  # bf16's bounds would take it
+    chosen = _select(skewed, x, requested="auto", timer=timer)
+    assert chosen.label == "fp32" and chosen.reason == "fp32+channels_last: tensor 1: cosine 0.7638 to the fp32 one"
+
+
+def test_resnet18_at_32_px_computes_the_same_gradients_in_either_fp32_layout() -> None:
+    """The protocol's model: layer4's maps are 1x1, where bf16 + channels_last went wrong; fp32 must not."""
+    model, _ = build_backbone(BackboneSpec("resnet18", image_size=32))
+    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    probe = training_probe(model, [x], "cpu", lambda m, xs: m(xs[0]).float().square().mean())
+    plain, cl = probe(Precision("fp32", "cpu")), probe(Precision("fp32", "cpu", True))
+    assert agreement(plain, cl, fp32=True) is None
+    flat = [torch.cat([t.flatten() for t in g]) for g in (plain, cl)]
+    assert float((flat[0] - flat[1]).norm() / flat[0].norm()) < 0.02
+
+
+def test_a_native_bf16_cpu_dispatched_as_avx2_is_the_avx2_kind() -> None:
+    code = ("import torch; from semipairs import precision as p; print(torch.backends.cpu.get_cpu_capability(), "
+            "p._native_bf16('cpu'), [c.label for c in p.candidates('auto', 'cpu')])")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "ATEN_CPU_CAPABILITY": "avx2"},
+                         capture_output=True, text=True, check=True).stdout.split(maxsplit=2)
+    assert out[0] == "AVX2" and out[1] == "False" and out[2].strip() == "['fp32+channels_last', 'fp32']"
 
 
 def test_padding_only_taps_is_the_measured_geometry() -> None:
@@ -233,7 +290,9 @@ def test_inference_auto_times_a_forward_at_the_callers_batch(monkeypatch, tmp_pa
 def test_auto_times_the_options_only_where_bf16_is_native_and_caches_the_choice(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SEMIPAIRS_CACHE", str(tmp_path))
     monkeypatch.setattr(precision, "_native_bf16", lambda device_type: False)
-    assert candidates("auto", "cpu") == [Precision("fp32", "cpu")]  # no check at all: fp32 is the reference
+    # no bf16: only the two fp32 layouts are weighed, and an explicit fp32 is the reference with no check at all
+    assert candidates("auto", "cpu") == [Precision("fp32", "cpu", channels_last=True), Precision("fp32", "cpu")]
+    assert candidates("fp32", "cpu") == [Precision("fp32", "cpu")]
     monkeypatch.setattr(precision, "_native_bf16", lambda device_type: True)
     model, x = _net(None)
     probe = training_probe(model, [x], "cpu", lambda m, xs: m(xs[0]).square().mean())
