@@ -116,7 +116,8 @@ class _Skew(torch.autograd.Function):
 
 
 class SkewChannelsLast(nn.Module):
-    """Identity forward; on a channels_last input outside autocast its backward adds a small error."""
+    """Identity forward; on a channels_last input outside autocast its backward adds an error that bf16's
+    bounds accept (weight cosine ~0.76)."""
 
     def forward(self, x):
         cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
@@ -139,7 +140,7 @@ def test_without_native_bf16_auto_weighs_fp32_layouts_and_holds_them_to_fp32s_er
     plain, cl = probe(Precision("fp32", "cpu")), probe(Precision("fp32", "cpu", True))
     assert agreement(plain, cl) is None  # bf16's bounds would take it
     chosen = _select(skewed, x, requested="auto", timer=timer)
-    assert chosen.label == "fp32" and chosen.reason == "fp32+channels_last: tensor 1: cosine 0.7638 to the fp32 one"
+    assert chosen.label == "fp32" and chosen.reason.startswith("fp32+channels_last: tensor 1: cosine 0.7")
 
 
 def test_resnet18_at_32_px_computes_the_same_gradients_in_either_fp32_layout() -> None:
