@@ -33,12 +33,12 @@ def machine() -> dict:
     from semipairs.precision import cpu_flags
 
     flags = sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
-    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+    info = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
             "torch": torch.__version__, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "cpu_flags": flags, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            # an emulated CPU kind (a native-bf16 host run as AVX2) says so: its figures are not the host's
-            **({"isa_limits": limits} if (limits := {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
-                                                     if os.environ.get(k)}) else {})}
+            "cpu_flags": flags, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    # an emulated CPU kind (a native-bf16 host run as AVX2) says so: its figures are not the host's
+    limits = {k: v for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if (v := os.environ.get(k))}
+    return {**info, "isa_limits": limits} if limits else info
 
 
 def cifar_tar_images(split: str = "test", limit: int | None = None) -> list[tuple[str, int, bytes]]:

@@ -147,10 +147,10 @@ def candidates(name: str, device: str) -> list[Precision]:
         raise InvalidValueError(f"precision {name!r}: use one of {', '.join(PRECISIONS)}")
     device_type = torch.device(device).type
     fp32 = Precision("fp32", device_type)
-    if name == "fp32" or (name == "auto" and device_type != "cpu" and not _native_bf16(device_type)):
+    if name == "fp32":
         return [fp32]
     if name == "auto" and not _native_bf16(device_type):
-        return [Precision("fp32", device_type, True), fp32]
+        return [Precision("fp32", device_type, True), fp32] if device_type == "cpu" else [fp32]
     return [Precision("bf16", device_type, True), Precision("bf16", device_type, False), fp32]
 
 
@@ -382,8 +382,7 @@ def select_precision(requested: str, device: str, probe: Callable[[Precision], S
         notes = [*notes, f"{first}{more} in fp32 (a strided convolution with taps that only cover padding, "
                          "where CPU bf16 weight gradients are garbage)"]
     if chosen is fp32 and passed and requested == "auto":
-        others = " / ".join(dict.fromkeys(p.label for p in passed))
-        notes = [*notes, f"{others} is not faster here ({figures})"]
+        notes = [*notes, f"{' / '.join(p.label for p in passed)} is not faster here ({figures})"]
     chosen = replace(chosen, reason="; ".join(notes))
     if cache:
         _write_cache(entry_key, {"precision": asdict(chosen), "timings_s": timings, "key": key})
